@@ -1,0 +1,53 @@
+"""Atomic save and load of training state as ``.npz`` files of named arrays.
+
+A checkpoint is written to a temporary name in the same folder, flushed to disk and renamed over
+the old one, so a job killed at any moment leaves either the previous or the new checkpoint, never
+a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e}); free disk "
+                              "space or choose another --out folder, then rerun to resume") from None
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of the checkpoint ``path``."""
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+
+
+def pack(prefix: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Prefix the names of a parameter dict, e.g. ``theta/conv0/w``."""
+    return {f"{prefix}/{k}": np.asarray(v) for k, v in params.items()}
+
+
+def unpack(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parameter dict saved under ``prefix`` by :func:`pack`."""
+    start = f"{prefix}/"
+    return {k[len(start):]: v for k, v in arrays.items() if k.startswith(start)}

@@ -1,0 +1,174 @@
+"""Run settings: one dataclass whose field names are the project's vocabulary (SPEC section 8).
+
+The same names are used as keys of a run's YAML file, as ``dmaml train --key value`` flags and as
+CSV columns. Settings left unset take the paper's Table 6 value for the chosen dataset
+(:data:`DATASET_DEFAULTS`); :func:`resolve` fills them in and checks every value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = ("sine", "omniglot", "miniimagenet")
+MERGES = ("mean", "weighted", "drop_worst")
+ENGINES = ("sequential", "vectorized", "processes", "cluster")
+REDUCTIONS = ("mean", "sum")
+DIVERGENCE = ("stop", "drop")
+
+# The paper's Table 6 (appendix B), per dataset. Keys not listed fall back to the field default.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sine": dict(ways=1, shots=10, queries=10, alpha=0.01, beta=0.01, tasks_per_step=10,
+                 inner_steps=1, eval_inner_steps=1),
+    "omniglot": dict(ways=5, shots=1, queries=1, alpha=0.4, beta=0.01, tasks_per_step=32,
+                     inner_steps=1, eval_inner_steps=3, data="resources/omniglot.h5"),
+    "miniimagenet": dict(ways=5, shots=1, queries=15, alpha=0.4, beta=0.01, tasks_per_step=4,
+                         inner_steps=5, eval_inner_steps=10, data="resources/miniimagenet.h5"),
+}
+
+
+class ConfigError(ValueError):
+    """A setting with a wrong value; the message names the key and what to do."""
+
+
+@dataclass
+class RunConfig:
+    """Every setting of one DMAML training run. ``None`` means "the dataset's Table 6 value"."""
+
+    dataset: str = "omniglot"
+    data: str | None = None  # HDF5 file for classification datasets
+    ways: int | None = None  # N classes per task
+    shots: int | None = None  # k support examples per class (sine: support points)
+    queries: int | None = None  # k' query examples per class (sine: query points)
+    workers: int = 1  # n
+    steps_per_run: int = 1  # m
+    tasks_per_step: int | None = None  # t
+    steps: int = 10000  # MAML steps of the central model (runs x m)
+    merge: str = "mean"
+    merge_temperature: float = 1.0  # weighted: weights softmax(-loss / T)
+    merge_drop: int = 1  # drop_worst: number of highest-loss workers left out
+    worker_schedule: list[list[int]] | None = None  # [[from_step, n], ...], n non-increasing
+    alpha: float | None = None
+    beta: float | None = None
+    inner_steps: int | None = None
+    eval_inner_steps: int | None = None
+    first_order: bool = False
+    outer_reduction: str = "mean"
+    eval_every: int = 100
+    val_tasks: int = 10
+    test_tasks: int = 600
+    checkpoint_steps: list[int] = field(
+        default_factory=lambda: [500, 1000, 2000, 4000, 8000, 10000])
+    checkpoint_every: int | None = None  # resume checkpoint period; default eval_every
+    seed: int = 0
+    eval_seed: int = 1234  # fixes the validation and test tasks, shared by every run
+    engine: str = "sequential"
+    threads: int = 0  # intra-op threads (0: TensorFlow's choice)
+    on_divergence: str = "stop"  # stop | drop (leave a non-finite worker out of the merge)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run file (optional), apply ``overrides`` and return the resolved config."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read the run config ({e})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a run config must be a mapping of settings")
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(FIELDS)}")
+    return resolve(RunConfig(**values))
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill dataset defaults into unset fields and check every value; returns a new config."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset: unknown dataset '{cfg.dataset}'; choose one of {DATASETS}")
+    filled = {k: v for k, v in DATASET_DEFAULTS[cfg.dataset].items() if getattr(cfg, k) is None}
+    cfg = dataclasses.replace(cfg, **filled)
+    if cfg.checkpoint_every is None:
+        cfg.checkpoint_every = cfg.eval_every
+    _check(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check(c: RunConfig) -> None:
+    for key in ("ways", "shots", "queries", "workers", "steps_per_run", "tasks_per_step",
+                "steps", "eval_every", "val_tasks", "checkpoint_every"):
+        value = getattr(c, key)
+        _require(isinstance(value, int) and value >= 1, key,
+                 f"must be an integer >= 1, got {value!r}")
+    for key in ("inner_steps", "eval_inner_steps", "test_tasks", "merge_drop", "threads"):
+        value = getattr(c, key)
+        _require(isinstance(value, int) and value >= 0, key,
+                 f"must be an integer >= 0, got {value!r}")
+    for key in ("alpha", "beta", "merge_temperature"):
+        value = getattr(c, key)
+        _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key,
+                 f"must be a positive number, got {value!r}")
+    _require(c.merge in MERGES, "merge", f"choose one of {MERGES}, got {c.merge!r}")
+    _require(c.engine in ENGINES, "engine", f"choose one of {ENGINES}, got {c.engine!r}")
+    _require(c.outer_reduction in REDUCTIONS, "outer_reduction",
+             f"choose one of {REDUCTIONS}, got {c.outer_reduction!r}")
+    _require(c.on_divergence in DIVERGENCE, "on_divergence",
+             f"choose one of {DIVERGENCE}, got {c.on_divergence!r}")
+    m = c.steps_per_run
+    _require(c.steps % m == 0, "steps", f"{c.steps} is not a multiple of steps_per_run={m}")
+    _require(c.eval_every % m == 0, "eval_every",
+             f"{c.eval_every} is not a multiple of steps_per_run={m}")
+    _require(c.checkpoint_every % m == 0, "checkpoint_every",
+             f"{c.checkpoint_every} is not a multiple of steps_per_run={m}")
+    for s in c.checkpoint_steps:
+        _require(isinstance(s, int) and s >= 1 and s % m == 0, "checkpoint_steps",
+                 f"{s!r} must be a positive multiple of steps_per_run={m}")
+    if c.dataset == "sine":
+        _require(c.ways == 1, "ways", "sine regression has ways = 1")
+    elif not c.data:
+        raise ConfigError(f"data: set the HDF5 file of the {c.dataset} dataset")
+    if c.worker_schedule is not None:
+        sched = c.worker_schedule
+        _require(isinstance(sched, list) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 for p in sched), "worker_schedule",
+                 "must be a list of [from_step, workers] pairs")
+        ns = [n for _, n in sorted(sched)]
+        _require(all(isinstance(n, int) and 1 <= n <= c.workers for n in ns), "worker_schedule",
+                 f"worker counts must be between 1 and workers={c.workers}")
+        _require(ns == sorted(ns, reverse=True), "worker_schedule",
+                 "worker counts may only decrease over training")
+
+
+def workers_at(cfg: RunConfig, step: int) -> int:
+    """The number of workers for the run that starts at MAML step ``step``."""
+    n = cfg.workers
+    for start, count in sorted(cfg.worker_schedule or []):
+        if step >= start:
+            n = count
+    return n
+
+
+def dump(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,115 @@
+"""Task samplers: sine regression and N-way k-shot classification over an HDF5 dataset.
+
+A task is ``(x_support, y_support, x_query, y_query)`` as numpy arrays. Every task is a pure
+function of a ``numpy.random.Generator``; :func:`task_rng` derives that generator from
+``(seed, stream, worker, step)``, so a run's tasks need no saved RNG state to be reproduced and
+evaluation tasks (stream ``VAL``/``TEST`` from a fixed evaluation seed) are the same for every run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+
+from dmaml.data.store import DatasetError, read_split
+
+Task = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+TRAIN, VAL, TEST, INIT = 0, 1, 2, 3  # RNG streams (INIT: parameter initialisation)
+STREAMS = {"train": TRAIN, "val": VAL, "test": TEST}
+
+
+def task_rng(seed: int, stream: int, *indices: int) -> np.random.Generator:
+    """An independent generator for ``(seed, stream, *indices)``, e.g. (seed, TRAIN, worker, step)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, stream, *indices])))
+
+
+class Sampler(Protocol):
+    """What the learner needs from a task source."""
+
+    def sample(self, rng: np.random.Generator) -> Task: ...
+
+
+def stack(tasks: list[Task]) -> Task:
+    """Stack tasks along a new leading task axis."""
+    return tuple(np.stack(parts) for parts in zip(*tasks))  # type: ignore[return-value]
+
+
+def sample_batch(sampler: Sampler, rng: np.random.Generator, n: int) -> Task:
+    """``n`` tasks from ``rng``, stacked along a leading task axis."""
+    return stack([sampler.sample(rng) for _ in range(n)])
+
+
+class SineSampler:
+    """y = A sin(x - b), A ~ U[0.1, 5], b ~ U[0, pi], x ~ U[-5, 5] (Finn et al. 2017)."""
+
+    amplitude = (0.1, 5.0)
+    phase = (0.0, math.pi)
+    x_range = (-5.0, 5.0)
+
+    def __init__(self, shots: int, queries: int, support_range: tuple[float, float] | None = None):
+        """``support_range`` restricts the support points (Figure 2's extrapolation test)."""
+        self.shots, self.queries = shots, queries
+        self.support_range = support_range or self.x_range
+
+    def sample(self, rng: np.random.Generator) -> Task:
+        a = rng.uniform(*self.amplitude)
+        b = rng.uniform(*self.phase)
+        xs = rng.uniform(*self.support_range, size=(self.shots, 1))
+        xq = rng.uniform(*self.x_range, size=(self.queries, 1))
+        f = lambda x: (a * np.sin(x - b)).astype(np.float32)
+        return xs.astype(np.float32), f(xs), xq.astype(np.float32), f(xq)
+
+
+class FewShotSampler:
+    """N-way k-shot tasks from one split of a dataset file (layout: :mod:`dmaml.data.store`).
+
+    The split is loaded into memory once (uint8); each task draws ``ways`` classes without
+    replacement, then ``shots + queries`` distinct images of each. Labels 0..N-1 follow the random
+    class order, so a label carries no information across tasks. Images are float32 in [0, 1].
+    """
+
+    def __init__(self, path: str, split: str, ways: int, shots: int, queries: int):
+        self.path, self.split = path, split
+        self.ways, self.shots, self.queries = ways, shots, queries
+        data = read_split(path, split)
+        self.images, self.offsets, self.class_names = data.images, data.offsets, data.class_names
+        sizes = data.class_sizes()
+        if data.num_classes < ways:
+            raise DatasetError(f"{path}: split '{split}' has {data.num_classes} classes, fewer "
+                               f"than ways={ways}; lower `ways` or use a larger dataset")
+        small = np.flatnonzero(sizes < shots + queries)
+        if small.size:
+            c = int(small[0])
+            raise DatasetError(
+                f"{path}: class '{data.class_names[c]}' of split '{split}' has {sizes[c]} images, "
+                f"fewer than shots + queries = {shots} + {queries}; lower `shots` or `queries` "
+                f"({small.size} classes are too small)")
+        self.sizes = sizes
+
+    def sample(self, rng: np.random.Generator) -> Task:
+        classes = rng.choice(len(self.sizes), size=self.ways, replace=False)
+        per_class = self.shots + self.queries
+        index = np.stack([self.offsets[c] + rng.choice(self.sizes[c], per_class, replace=False)
+                          for c in classes])  # [ways, shots + queries]
+        labels = np.arange(self.ways, dtype=np.int32)
+        support = index[:, :self.shots].reshape(-1)
+        query = index[:, self.shots:].reshape(-1)
+        scale = np.float32(1 / 255)
+        return (self.images[support].astype(np.float32) * scale,
+                np.repeat(labels, self.shots),
+                self.images[query].astype(np.float32) * scale,
+                np.repeat(labels, self.queries))
+
+    def sample_batch(self, rng: np.random.Generator, n: int) -> Task:
+        return sample_batch(self, rng, n)
+
+
+def make_sampler(cfg, split: str = "train", shots: int | None = None) -> Sampler:
+    """The sampler of ``cfg.dataset`` for ``split`` (``shots`` overrides ``cfg.shots``)."""
+    shots = cfg.shots if shots is None else shots
+    if cfg.dataset == "sine":
+        return SineSampler(shots, cfg.queries)
+    return FewShotSampler(cfg.data, split, cfg.ways, shots, cfg.queries)
