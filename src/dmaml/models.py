@@ -80,8 +80,13 @@ def mlp(hidden: tuple[int, ...] = (40, 40), inputs: int = 1, outputs: int = 1) -
 
 
 def batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
-    """Batch norm over the batch and spatial axes of this batch alone (no running averages)."""
-    mean, var = tf.nn.moments(x, axes=[0, 1, 2], keepdims=True)
+    """Batch norm over the batch and spatial axes of this batch alone (no running averages).
+
+    The moments are written out rather than taken from ``tf.nn.moments``, which stops the gradient
+    through the mean inside the variance: harmless for first derivatives, wrong for MAML's second.
+    """
+    mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
     return tf.nn.batch_normalization(x, mean, var, offset, scale, BN_EPSILON)
 
 

@@ -59,8 +59,8 @@ class SineSampler:
         b = rng.uniform(*self.phase)
         xs = rng.uniform(*self.support_range, size=(self.shots, 1))
         xq = rng.uniform(*self.x_range, size=(self.queries, 1))
-        f = lambda x: (a * np.sin(x - b)).astype(np.float32)
-        return xs.astype(np.float32), f(xs), xq.astype(np.float32), f(xq)
+        ys, yq = (a * np.sin(x - b) for x in (xs, xq))
+        return xs.astype(np.float32), ys.astype(np.float32), xq.astype(np.float32), yq.astype(np.float32)
 
 
 class FewShotSampler:

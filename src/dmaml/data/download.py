@@ -15,10 +15,10 @@ which turns the mismatch into a :class:`ChecksumError`.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +123,7 @@ def fetch(url: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
                                 "run the download again")
         log.info("%s: %s, done", dest.name, _progress(done, total))
         os.replace(tmp, dest)
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
+    except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
         raise DownloadError(f"{url}: cannot download ({getattr(e, 'reason', e)}); check the "
                             "address and the network, or point the source at a local folder "
                             "holding the file") from None
@@ -162,16 +162,16 @@ def obtain(source: str | os.PathLike, archive: Archive, dest_dir: str | os.PathL
     mismatch removes the fetched file. Returns the copy's path and its digests.
     """
     dest = Path(dest_dir) / archive.filename
+    if dest.is_file():
+        digests = file_digests(dest)
+        if digests[archive.pinned[0]] == archive.pinned[1]:
+            log.info("%s: present with the pinned checksum", dest)
+            return dest, digests
     where = locate(source, archive)
     if isinstance(where, Path):
         if where.resolve() == dest.resolve():
             return dest, verify(dest, archive, strict=strict)
         where = where.resolve().as_uri()
-    if dest.is_file():
-        digests = file_digests(dest)
-        if digests[archive.pinned[0]] == archive.pinned[1]:
-            log.info("%s: already present with the pinned checksum", dest)
-            return dest, digests
     log.info("%s: fetching %s", dest, where)
     fetch(where, dest, timeout=timeout)
     try:

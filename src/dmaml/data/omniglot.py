@@ -172,12 +172,12 @@ def prepare_omniglot(source: str | os.PathLike, out: str | os.PathLike, *,
             writers = {split: SplitWriter(f, split, shape)
                        for split in ("train", "val", "test") if split != "val" or held_out}
             for _, name, images in rotated_classes(bg, train_chars):
-                writers["train"].add_class(name, [images])
+                writers["train"].add_class(name, images)
             for character, name, images in rotated_classes(ev, eval_chars):
                 if character.alphabet in held_out:
-                    writers["val"].add_class(name, [images])
+                    writers["val"].add_class(name, images)
                 else:
-                    writers["test"].add_class(name, [images])
+                    writers["test"].add_class(name, images)
             for writer in writers.values():
                 writer.close()
             if not held_out:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +58,13 @@ def write_split(f: h5py.File, split: str, images: np.ndarray, offsets: np.ndarra
 class SplitWriter:
     """Write one split class by class without holding it in memory (resizable datasets).
 
-    Each :meth:`add_class` appends a class from an iterable of image batches, so a caller that
-    decodes a few hundred images at a time never holds more than that; :meth:`close` writes the
-    offsets and class names. Produces exactly the layout of :func:`write_split`.
+    :meth:`append` adds a batch of images to the current class and :meth:`end_class` names it,
+    so a caller that decodes a few hundred images at a time never holds more than that;
+    :meth:`close` writes the offsets and class names. Produces the layout of :func:`write_split`.
     """
 
     def __init__(self, f: h5py.File, split: str, image_shape: tuple[int, int, int]) -> None:
-        self.f, self.split, self.image_shape = f, split, tuple(image_shape)
+        self.split, self.image_shape = split, tuple(image_shape)
         rows = max(1, (1 << 20) // int(np.prod(image_shape)))  # chunks of about 1 MiB
         self.group = f.create_group(split)
         self.images = self.group.create_dataset(
@@ -73,19 +73,24 @@ class SplitWriter:
         self.offsets = [0]
         self.class_names: list[str] = []
 
-    def add_class(self, name: str, batches: Iterable[np.ndarray]) -> None:
-        """Append class ``name`` from uint8 batches of shape ``[n, *image_shape]``."""
-        start = self.offsets[-1]
-        for batch in batches:
-            if batch.dtype != np.uint8 or batch.shape[1:] != self.image_shape:
-                raise ValueError(f"{self.split}/{name}: batch {batch.dtype} {batch.shape}, "
-                                 f"expected uint8 [n, {', '.join(map(str, self.image_shape))}]")
-            end = start + len(batch)
-            self.images.resize(end, axis=0)
-            self.images[start:end] = batch
-            start = end
-        self.offsets.append(start)
+    def append(self, batch: np.ndarray) -> None:
+        """Append uint8 images ``[n, *image_shape]`` to the class being written."""
+        if batch.dtype != np.uint8 or batch.shape[1:] != self.image_shape:
+            raise ValueError(f"split {self.split}: batch {batch.dtype} {batch.shape}, expected "
+                             f"uint8 [n, {', '.join(map(str, self.image_shape))}]")
+        start = len(self.images)
+        self.images.resize(start + len(batch), axis=0)
+        self.images[start:] = batch
+
+    def end_class(self, name: str) -> None:
+        """Close the class being written under ``name``; the next :meth:`append` starts another."""
+        self.offsets.append(len(self.images))
         self.class_names.append(name)
+
+    def add_class(self, name: str, images: np.ndarray) -> None:
+        """Append a whole class at once."""
+        self.append(images)
+        self.end_class(name)
 
     def close(self) -> None:
         """Write the offsets and class names that complete the split."""

@@ -1,0 +1,150 @@
+"""The DMAML central learner: plain MAML at n = 1, merges, reproducibility, resume, learning."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dmaml import checkpoint, config, maml, merge, models, optimizer
+from dmaml.engines.sequential import SequentialEngine
+from dmaml.evaluate import Evaluator
+from dmaml.learner import Learner, TrainingDiverged
+from dmaml.tasks import INIT, TRAIN, SineSampler, sample_batch, task_rng
+
+
+def sine(**overrides) -> config.RunConfig:
+    base = {"dataset": "sine", "steps": 20, "eval_every": 10, "val_tasks": 5, "test_tasks": 0,
+            "checkpoint_steps": []}
+    return config.load(None, {**base, **overrides})
+
+
+def theta_of(run, name="latest.npz"):
+    return checkpoint.unpack("theta", checkpoint.load(run / "checkpoints" / name))
+
+
+def rows(path, drop=("wall_s",)):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
+
+
+def test_one_worker_is_plain_maml(tmp_path):
+    cfg = sine(steps=12, eval_every=4)
+    final = Learner(cfg, tmp_path).train()
+    model = models.mlp()
+    params = model.init(task_rng(cfg.seed, INIT))
+    state = optimizer.init(params)
+    step = maml.make_step(model, cfg.alpha, cfg.inner_steps, cfg.beta)
+    sampler = SineSampler(cfg.shots, cfg.queries)
+    for s in range(cfg.steps):
+        tasks = sample_batch(sampler, task_rng(cfg.seed, TRAIN, 0, s), cfg.tasks_per_step)
+        params, state, _, _ = step(params, state, *tasks)
+    for k, v in params.items():
+        np.testing.assert_array_equal(final["theta"][k], v.numpy())
+    np.testing.assert_array_equal(final["states"][0].m["dense0/w"], state.m["dense0/w"].numpy())
+
+
+@pytest.mark.parametrize("strategy", ["mean", "weighted", "drop_worst"])
+def test_merged_parameters_follow_the_strategy(tmp_path, strategy):
+    cfg = sine(workers=3, steps_per_run=2, steps=2, eval_every=2, merge=strategy,
+               merge_temperature=0.5)
+    final = Learner(cfg, tmp_path).train()
+    theta0 = models.mlp().init(task_rng(cfg.seed, INIT))
+    results = SequentialEngine(cfg).run(theta0, {w: optimizer.init(theta0) for w in range(3)}, 0)
+    losses = np.array([results[w].loss for w in range(3)])
+    assert len(set(losses)) == 3, "workers must see different tasks"
+    if strategy == "mean":
+        w = np.full(3, 1 / 3)
+    elif strategy == "weighted":
+        w = np.exp(-losses / 0.5) / np.exp(-losses / 0.5).sum()
+    else:
+        w = (losses < losses.max()) / 2.0
+    for k in theta0:
+        expected = sum(w[i] * results[i].params[k] for i in range(3))
+        np.testing.assert_allclose(final["theta"][k], expected, rtol=1e-5, atol=1e-7)
+    assert final["states"][2].t == 2, "each worker keeps its own Adam state"
+
+
+def test_merge_weights():
+    np.testing.assert_allclose(merge.weights("mean", [1, 2, 3, 4]), 0.25)
+    w = merge.weights("weighted", [0.0, np.log(2.0)], temperature=1.0)
+    np.testing.assert_allclose(w, [2 / 3, 1 / 3])
+    np.testing.assert_array_equal(merge.weights("drop_worst", [3, 1, 2, 5], drop=2), [0, 0.5, 0.5, 0])
+    np.testing.assert_array_equal(merge.weights("drop_worst", [3, 1], drop=5), [0, 1])
+
+
+def test_worker_schedule_reduces_workers(tmp_path):
+    cfg = sine(workers=3, steps=20, eval_every=5, worker_schedule=[[10, 2], [15, 1]])
+    Learner(cfg, tmp_path).train()
+    assert [r["workers"] for r in rows(tmp_path / "metrics.csv")] == ["3", "3", "2", "1"]
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        Learner(sine(workers=2, seed=seed), tmp_path / name).train()
+        runs[name] = theta_of(tmp_path / name)
+    for k in runs["a"]:
+        np.testing.assert_array_equal(runs["a"][k], runs["b"][k])
+    assert rows(tmp_path / "a" / "metrics.csv") == rows(tmp_path / "b" / "metrics.csv")
+    assert not np.array_equal(runs["a"]["dense0/w"], runs["c"]["dense0/w"])
+
+
+def _train_cmd(out, **flags):
+    args = [sys.executable, "-m", "dmaml.cli", "train", "--out", str(out)]
+    for k, v in flags.items():
+        args += [f"--{k}", str(v)]
+    return args
+
+
+def test_killed_run_resumes_to_the_same_numbers(tmp_path):
+    flags = {"dataset": "sine", "workers": 2, "steps": 600, "eval_every": 20, "val_tasks": 5,
+             "test_tasks": 20, "checkpoint_steps": "[200,600]"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_train_cmd(tmp_path / "whole", **flags), check=True, env=env,
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, **flags), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = killed / "metrics.csv"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = rows(killed / "metrics.csv")
+    assert 4 <= len(done) < 30, f"the kill must land mid-run (metrics rows: {len(done)})"
+    subprocess.run(_train_cmd(killed, **flags), check=True, env=env, capture_output=True)
+    assert rows(killed / "metrics.csv") == rows(tmp_path / "whole" / "metrics.csv")
+    assert rows(killed / "test.csv") == rows(tmp_path / "whole" / "test.csv")
+    for name in ("latest.npz", "step000600.npz"):
+        a, b = theta_of(killed, name), theta_of(tmp_path / "whole", name)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_sine_learns_to_adapt(tmp_path):
+    cfg = sine(steps=2000, eval_every=500)
+    final = Learner(cfg, tmp_path).train()
+    model = models.mlp()
+    sampler = SineSampler(10, 10)
+    adapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 1)(final["theta"])
+    unadapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 0)(final["theta"])
+    assert adapted.mean < 0.5 * unadapted.mean, (adapted, unadapted)
+    assert adapted.mean < 1.5
+
+
+def test_divergence_stops_with_step_and_keeps_metrics(tmp_path):
+    cfg = sine(steps=40, eval_every=10, alpha=1e19)
+    with pytest.raises(TrainingDiverged, match=r"step \d+: worker\(s\) \[0\]"):
+        Learner(cfg, tmp_path).train()
+    assert (tmp_path / "metrics.csv").exists()
+    assert '"status": "diverged"' in (tmp_path / "run.json").read_text()
