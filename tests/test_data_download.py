@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import OMNIGLOT_DATA
+from .conftest import OMNIGLOT_DATA
 
 from dmaml.data.download import (
     OMNIGLOT_ARCHIVES,

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import OMNIGLOT_DATA, make_omniglot_source, make_omniglot_zip
+from .conftest import OMNIGLOT_DATA, make_omniglot_source, make_omniglot_zip
 from PIL import Image
 
 from dmaml.data.cli import main as data_cli

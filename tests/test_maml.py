@@ -50,10 +50,10 @@ def test_second_order_meta_gradient_matches_finite_differences(setup, steps):
     for name, value in params.items():
         flat = value.numpy().ravel()
         for i in rng.choice(flat.size, size=min(flat.size, 6), replace=False):
-            def shifted(delta, name=name, i=i, flat=flat):
+            def shifted(delta, name=name, i=i, flat=flat, shape=value.shape):
                 moved = flat.copy()
                 moved[i] += delta
-                return {**params, name: tf.constant(moved.reshape(value.shape))}
+                return {**params, name: tf.constant(moved.reshape(shape))}
             numeric = (_meta_loss(model, shifted(eps), tasks, steps)
                        - _meta_loss(model, shifted(-eps), tasks, steps)) / (2 * eps)
             analytic = grads[name].numpy().ravel()[i]
