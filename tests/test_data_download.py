@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from .conftest import OMNIGLOT_DATA
 
 from dmaml.data.download import (
     OMNIGLOT_ARCHIVES,
@@ -22,6 +21,8 @@ from dmaml.data.download import (
     obtain,
     verify,
 )
+
+from .conftest import OMNIGLOT_DATA
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -17,7 +17,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from .conftest import MINIIMAGENET_DATA
 from PIL import Image
 
 from dmaml.data.cli import main as data_cli
@@ -29,6 +28,8 @@ from dmaml.data.miniimagenet import (
 )
 from dmaml.data.store import SPLITS, DatasetError, read_split
 from dmaml.tasks import FewShotSampler
+
+from .conftest import MINIIMAGENET_DATA
 
 CLASSES = {"train": 3, "val": 2, "test": 2}
 IMAGES = 6

@@ -16,13 +16,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from .conftest import OMNIGLOT_DATA, make_omniglot_source, make_omniglot_zip
 from PIL import Image
 
 from dmaml.data.cli import main as data_cli
 from dmaml.data.download import ChecksumError, DownloadError
 from dmaml.data.omniglot import ArchiveError, list_characters, prepare_omniglot
 from dmaml.data.store import SPLITS, read_split
+
+from .conftest import OMNIGLOT_DATA, make_omniglot_source, make_omniglot_zip
 
 needs_real = pytest.mark.skipif(not (OMNIGLOT_DATA / "images_background.zip").is_file(),
                                 reason=f"real Omniglot zips not found in {OMNIGLOT_DATA}")

@@ -33,7 +33,7 @@ def test_few_shot_task_layout(synthetic_h5):
     sampler = FewShotSampler(str(synthetic_h5), "train", 5, 2, 3)
     xs, ys, xq, yq = sampler.sample(task_rng(0, 0))
     assert xs.shape == (10, 28, 28, 1) and xq.shape == (15, 28, 28, 1)
-    assert xs.dtype == np.float32 and 0 <= xs.min() and xs.max() <= 1
+    assert xs.dtype == np.float32 and xs.min() >= 0 and xs.max() <= 1
     np.testing.assert_array_equal(ys, np.repeat(np.arange(5), 2))
     np.testing.assert_array_equal(yq, np.repeat(np.arange(5), 3))
     # support and query images are distinct drawings (each class has 6, 5 are used)
