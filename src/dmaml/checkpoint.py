@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and what to do."""
+from dmaml.errors import CheckpointError
 
 
 def save(path: Path, arrays: dict[str, np.ndarray]) -> None:

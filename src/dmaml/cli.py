@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from dmaml import __version__
-from dmaml.config import FIELDS, ConfigError
+from dmaml.config import FIELDS
+from dmaml.errors import ConfigError, TrainingInterrupted, UserError
 
 log = logging.getLogger("dmaml")
 
@@ -113,8 +114,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           cfg.test_tasks, cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
     score = evaluator(theta)
     result = {"run": str(run), "checkpoint": name, "split": args.split, "shots": shots,
+              "eval_inner_steps": cfg.eval_inner_steps,
               "metric": "accuracy" if model.classification else "mse", **dataclasses.asdict(score)}
     print(json.dumps(result))
+    if args.out:
+        _write_text(args.out, json.dumps(result, indent=2) + "\n")
+    if args.extrapolate:
+        if cfg.dataset != "sine":
+            raise ConfigError("--extrapolate: only sine runs can be extrapolated (Figure 2)")
+        from dmaml.evaluate import extrapolation
+
+        curve = extrapolation(model, theta, shots, cfg.alpha, cfg.eval_inner_steps, cfg.eval_seed)
+        import pandas as pd
+
+        frame = pd.concat([pd.DataFrame({k: curve[k] for k in ("x", "y_true", "y_pred")}),
+                           pd.DataFrame({k: curve[k] for k in ("support_x", "support_y")})], axis=1)
+        frame = frame.assign(run=str(run), workers=cfg.workers, seed=cfg.seed,
+                             inner_steps=cfg.eval_inner_steps)
+        _write_text(args.extrapolate, frame.to_csv(index=False))
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("shots", "shots_table")}
+FIGURES = {"workers": "workers_figure", "steps_per_run": "steps_per_run_figure",
+           "tasks": "tasks_figure", "split": "split_figure", "extrapolation": "extrapolation_figure"}
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from dmaml.report import tables
+
+    column, builder = TABLES[args.kind]
+    table, runs = getattr(tables, builder)(args.inputs)
+    tables.write(table, column, args.title, runs, args.out)
+    log.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+    return 0
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    from dmaml.report import figures
+
+    getattr(figures, FIGURES[args.kind])(args.inputs, args.out)
+    log.info("wrote %s.{png,pdf,txt}", args.out.with_suffix(""))
     return 0
 
 
@@ -145,7 +193,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shots", type=int, help="support examples (sine: points), e.g. Table 1's K")
     ev.add_argument("--eval_inner_steps", type=int, help="adaptation steps (default: the run's)")
     ev.add_argument("--split", default="test", choices=["val", "test"])
+    ev.add_argument("--out", type=Path, help="also write the result to this JSON file")
+    ev.add_argument("--extrapolate", type=Path, metavar="CSV",
+                    help="sine: write Figure 2's predictions (adapted on x in [-5, 0]) to CSV")
     ev.set_defaults(func=cmd_evaluate)
+
+    table = sub.add_parser("table", help="make one of the paper's tables from run folders",
+                           description="checkpoints: Tables 2-5 from run folders (test.csv at each "
+                                       "checkpoint step); shots: Table 1 from `dmaml evaluate "
+                                       "--out` files. Writes OUT (CSV) and its Markdown twin.")
+    table.add_argument("kind", choices=sorted(TABLES))
+    table.add_argument("inputs", nargs="+", help="run folders (checkpoints) or JSON files (shots)")
+    table.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    table.add_argument("--title", default="DMAML test results", help="title of the Markdown table")
+    table.set_defaults(func=cmd_table)
+
+    figure = sub.add_parser("figure", help="make one of the paper's figures from run folders",
+                            description="workers: Figure 3; steps_per_run: Figure 4; tasks: "
+                                        "Figure 5; split: Figure 6 (inputs: run folders); "
+                                        "extrapolation: Figure 2 (inputs: `dmaml evaluate "
+                                        "--extrapolate` CSVs). Writes OUT as .png, .pdf and .txt.")
+    figure.add_argument("kind", choices=sorted(FIGURES))
+    figure.add_argument("inputs", nargs="+", help="run folders or prediction CSVs")
+    figure.add_argument("--out", type=Path, required=True, help="output path (suffix ignored)")
+    figure.set_defaults(func=cmd_figure)
 
     try:
         from dmaml.data.cli import add_commands
@@ -162,18 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
-    from dmaml.checkpoint import CheckpointError
-    from dmaml.data.store import DatasetError
-    from dmaml.learner import TrainingDiverged, TrainingInterrupted
-
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged) as e:
-        log.error("%s", e)
-        return 2
     except TrainingInterrupted as e:
         log.warning("%s", e)
         return 143
+    except UserError as e:
+        log.error("%s", e)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from dmaml.errors import ConfigError
+
 DATASETS = ("sine", "omniglot", "miniimagenet")
 MERGES = ("mean", "weighted", "drop_worst")
 ENGINES = ("sequential", "vectorized", "processes", "cluster")
@@ -30,10 +32,6 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "miniimagenet": dict(ways=5, shots=1, queries=15, alpha=0.4, beta=0.01, tasks_per_step=4,
                          inner_steps=5, eval_inner_steps=10, data="resources/miniimagenet.h5"),
 }
-
-
-class ConfigError(ValueError):
-    """A setting with a wrong value; the message names the key and what to do."""
 
 
 @dataclass

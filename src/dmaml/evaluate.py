@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import tensorflow as tf
 
 from dmaml import maml
 from dmaml.models import Model
@@ -44,3 +45,22 @@ class Evaluator:
         n = len(metrics)
         return Score(float(metrics.mean()), float(1.96 * metrics.std() / np.sqrt(n)),
                      float(losses.mean()), n)
+
+
+
+def extrapolation(model: Model, params: dict[str, np.ndarray], shots: int, alpha: float,
+                  steps: int, eval_seed: int, points: int = 200) -> dict[str, np.ndarray]:
+    """Figure 2: adapt on ``shots`` points drawn from the left half [-5, 0] of a fixed sine task,
+    then predict over the whole range [-5, 5]. Returns x, the true and the predicted y, and the
+    support points."""
+    from dmaml.tasks import TEST, SineSampler
+
+    sampler = SineSampler(shots, 1, support_range=(-5.0, 0.0))
+    a, b = sampler.function(task_rng(eval_seed, TEST, 1))
+    xs = sampler.points(task_rng(eval_seed, TEST, 2), shots, sampler.support_range)
+    x = np.linspace(*SineSampler.x_range, points, dtype=np.float32)[:, None]
+    params = {k: tf.constant(v) for k, v in params.items()}
+    adapted = maml.adapt(model, params, xs, SineSampler.curve(a, b, xs), alpha, steps)
+    return {"x": x[:, 0], "y_true": SineSampler.curve(a, b, x)[:, 0],
+            "y_pred": model.apply(adapted, x).numpy()[:, 0], "support_x": xs[:, 0],
+            "support_y": SineSampler.curve(a, b, xs)[:, 0]}

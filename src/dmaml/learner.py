@@ -26,9 +26,9 @@ import numpy as np
 import yaml
 
 from dmaml import checkpoint, merge, models, optimizer, provenance
-from dmaml.checkpoint import CheckpointError
 from dmaml.config import RunConfig, dump, workers_at
 from dmaml.engines import Engine, WorkerResult, create
+from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dmaml.evaluate import Evaluator
 from dmaml.tasks import INIT, make_sampler, task_rng
 
@@ -38,14 +38,6 @@ log = logging.getLogger(__name__)
 # long the run is carried out, not the numbers it produces up to the checkpoint.
 RESUMABLE_CHANGES = {"steps", "engine", "threads", "checkpoint_steps", "checkpoint_every",
                      "test_tasks", "on_divergence"}
-
-
-class TrainingDiverged(RuntimeError):
-    """A worker produced a non-finite loss or parameter."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM or SIGINT arrived; a checkpoint was written and the run can be resumed."""
 
 
 class CsvLog:

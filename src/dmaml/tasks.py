@@ -54,13 +54,25 @@ class SineSampler:
         self.shots, self.queries = shots, queries
         self.support_range = support_range or self.x_range
 
+    def function(self, rng: np.random.Generator) -> tuple[float, float]:
+        """Amplitude and phase of a task."""
+        return rng.uniform(*self.amplitude), rng.uniform(*self.phase)
+
+    @staticmethod
+    def points(rng: np.random.Generator, count: int, bounds: tuple[float, float]) -> np.ndarray:
+        """``count`` inputs drawn uniformly from ``bounds``, shaped [count, 1]."""
+        return rng.uniform(*bounds, size=(count, 1)).astype(np.float32)
+
+    @staticmethod
+    def curve(a: float, b: float, x: np.ndarray) -> np.ndarray:
+        """y = a sin(x - b) in float32."""
+        return (a * np.sin(x - b)).astype(np.float32)
+
     def sample(self, rng: np.random.Generator) -> Task:
-        a = rng.uniform(*self.amplitude)
-        b = rng.uniform(*self.phase)
-        xs = rng.uniform(*self.support_range, size=(self.shots, 1))
-        xq = rng.uniform(*self.x_range, size=(self.queries, 1))
-        ys, yq = (a * np.sin(x - b) for x in (xs, xq))
-        return xs.astype(np.float32), ys.astype(np.float32), xq.astype(np.float32), yq.astype(np.float32)
+        a, b = self.function(rng)
+        xs = self.points(rng, self.shots, self.support_range)
+        xq = self.points(rng, self.queries, self.x_range)
+        return xs, self.curve(a, b, xs), xq, self.curve(a, b, xq)
 
 
 class FewShotSampler:

@@ -23,12 +23,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from dmaml.errors import DatasetError
+
 LAYOUT_VERSION = 1
 SPLITS = ("train", "val", "test")
-
-
-class DatasetError(ValueError):
-    """A dataset file that cannot be used; the message names the file and the fix."""
 
 
 @contextlib.contextmanager

@@ -1,0 +1,50 @@
+"""Tables and figures of the paper, made from run folders only (never from training code).
+
+A run folder (written by ``dmaml train``) holds ``config.yaml``, ``metrics.csv`` and ``test.csv``;
+:func:`load_runs` reads a set of them into one table with a row per run and its settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from dmaml.errors import ReportError
+
+SETTINGS = ["dataset", "ways", "shots", "queries", "workers", "steps_per_run", "tasks_per_step",
+            "merge", "alpha", "beta", "outer_reduction", "first_order", "inner_steps",
+            "eval_inner_steps", "steps", "seed", "eval_seed", "test_tasks", "val_tasks"]
+
+
+def load_runs(runs: list[str | Path]) -> pd.DataFrame:
+    """One row per run folder: its settings, its path and its status (from run.json)."""
+    rows = []
+    for run in map(Path, runs):
+        cfg_file = run / "config.yaml"
+        if not cfg_file.exists():
+            raise ReportError(f"{run}: not a run folder (no config.yaml); train it first")
+        cfg = yaml.safe_load(cfg_file.read_text())
+        info_file = run / "run.json"
+        status = (yaml.safe_load(info_file.read_text()) or {}).get("status", "unknown") \
+            if info_file.exists() else "unknown"
+        rows.append({**{k: cfg.get(k) for k in SETTINGS}, "run": str(run), "status": status})
+    if not rows:
+        raise ReportError("no run folders given")
+    return pd.DataFrame(rows)
+
+
+def metrics(run: str | Path) -> pd.DataFrame:
+    """The validation metrics of a run (one row per validation)."""
+    return pd.read_csv(Path(run) / "metrics.csv")
+
+
+def describe(runs: pd.DataFrame) -> str:
+    """One line naming the settings shared by ``runs`` and those that vary."""
+    fixed, varying = [], []
+    for key in SETTINGS:
+        values = sorted({str(v) for v in runs[key]})
+        (fixed if len(values) == 1 else varying).append(
+            f"{key}={values[0]}" if len(values) == 1 else f"{key} in {{{', '.join(values)}}}")
+    return "; ".join(fixed + varying)

@@ -1,0 +1,89 @@
+"""The paper's tables: rows are worker counts n, each cell a test score of the best seed.
+
+For each n, the seed whose validation score after its last step is best (highest accuracy, or
+lowest MSE for sine) is chosen, and its test scores (mean +- 95% CI over the stated number of test
+tasks) fill the row: at each checkpoint step (Tables 2-5) or for each number of adaptation points
+K (Table 1). A run that diverged is marked with a dagger. Each table is written as a tidy CSV and a
+Markdown twin in the paper's layout whose caption states the configuration behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from dmaml.report import ReportError, describe, load_runs, metrics
+
+
+def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """For each worker count, the run whose final validation score is best."""
+    chosen = []
+    for _, group in runs.groupby("workers", sort=True):
+        scores = []
+        for run in group["run"]:
+            m = metrics(run)
+            if m.empty:
+                raise ReportError(f"{run}: metrics.csv has no rows; the run has not validated yet")
+            last = m.iloc[-1]
+            scores.append(last["val_acc"] if "val_acc" in m else -last["val_loss"])
+        group = group.assign(final_val=scores)
+        chosen.append(group.loc[group["final_val"].idxmax()])
+    return pd.DataFrame(chosen).reset_index(drop=True)
+
+
+def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tables 2-5: test scores at each checkpoint step of the best seed per n."""
+    runs = load_runs(run_dirs)
+    rows = []
+    for _, best in best_seeds(runs).iterrows():
+        test = pd.read_csv(Path(best["run"]) / "test.csv")
+        if test.empty:
+            raise ReportError(f"{best['run']}: test.csv has no rows; set checkpoint_steps and "
+                              "test_tasks > 0")
+        for _, t in test.iterrows():
+            rows.append({"workers": best["workers"], "seed": best["seed"], "step": int(t["step"]),
+                         "metric": t["metric"], "mean": t["mean"], "ci95": t["ci95"],
+                         "tasks": int(t["tasks"]), "status": best["status"]})
+    return pd.DataFrame(rows), runs
+
+
+def shots_table(evaluations: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 1: test MSE after adaptation on K points, from ``dmaml evaluate --out`` files."""
+    results = pd.DataFrame([json.loads(Path(e).read_text()) for e in evaluations])
+    runs = load_runs(sorted(set(results["run"])))
+    best = best_seeds(runs)[["run", "workers", "seed", "status"]]
+    table = results.merge(best, on="run")
+    return table[["workers", "seed", "shots", "metric", "mean", "ci95", "tasks", "status"]], runs
+
+
+def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -> str:
+    """The paper's layout: a row per n, a column per ``column`` value, cells 'mean ± ci95'."""
+    table = table.sort_values(["workers", column])
+    cells = table.assign(cell=[f"{m:.3f} ± {c:.3f}" + (" †" if s == "diverged" else "")
+                               for m, c, s in zip(table["mean"], table["ci95"], table["status"])])
+    wide = cells.pivot(index="workers", columns=column, values="cell")
+    seeds = table.groupby("workers")["seed"].first()
+    header = "| n (seed) | " + " | ".join(f"{column} {c}" for c in wide.columns) + " |"
+    lines = [f"**{title}**", "", header, "|" + "---|" * (len(wide.columns) + 1)]
+    for n, row in wide.iterrows():
+        lines.append(f"| {n} ({seeds[n]}) | " + " | ".join(row.fillna("")) + " |")
+    metric = table["metric"].iloc[0]
+    all_seeds = sorted(set(runs["seed"]))
+    lines += ["", f"Cells: test {metric}, mean ± 95% CI over {table['tasks'].iloc[0]} test tasks, "
+              f"of the seed (of {all_seeds}) with the best validation score after the last step. "
+              "† the run diverged.", "", f"Configuration: {describe(runs)}."]
+    return "\n".join(lines) + "\n"
+
+
+def write(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame, out: Path) -> None:
+    """Write ``out`` (CSV) and its Markdown twin ``out.with_suffix('.md')`` atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, table.to_csv(index=False)),
+                       (out.with_suffix(".md"), markdown(table, column, title, runs))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
