@@ -1,6 +1,14 @@
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+
+# `--config "omniglot={strict: true}"` gives nested values as strings ('true', '1'): read them
+# as YAML, as the config file is read, before checking the types.
+for section in ("omniglot", "miniimagenet"):
+    for key, value in config.get(section, {}).items():
+        if key != "source" and isinstance(value, str):
+            config[section][key] = yaml.safe_load(value)
 
 validate(config, schema="../schemas/config.schema.yaml")
 
