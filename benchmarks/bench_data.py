@@ -2,7 +2,7 @@
 
     python benchmarks/bench_data.py [--shared ../shared/data] [--work /tmp/dmaml-bench-data]
 
-1. Full Omniglot preprocessing (``dmaml.data.cli prepare-omniglot`` on the real zips) in a child
+1. Full Omniglot preprocessing (``dmaml prepare-omniglot`` on the real zips) in a child
    process: wall time and peak resident memory (``ru_maxrss`` of the child and its descendants,
    from ``os.wait4``, the per-child form of ``resource.getrusage(RUSAGE_CHILDREN)``).
 2. miniImageNet: with ``--miniimagenet-source`` a real copy is preprocessed the same way;
@@ -40,13 +40,13 @@ SPLITS = ("train", "val", "test")
 
 
 def measure(args: list[str]) -> tuple[float, float]:
-    """Run ``python -m dmaml.data.cli ARGS``: (wall seconds, peak RSS in MiB of its process tree)."""
+    """Run ``dmaml ARGS`` in a child process: (wall seconds, peak RSS in MiB of its process tree)."""
     start = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "dmaml.data.cli", *args])
+    process = subprocess.Popen([sys.executable, "-m", "dmaml.cli", *args])
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
-        raise SystemExit(f"dmaml.data.cli {' '.join(args)} failed ({process.returncode})")
+        raise SystemExit(f"dmaml {' '.join(args)} failed ({process.returncode})")
     return time.monotonic() - start, usage.ru_maxrss / 1024
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmaml.data.cli import main as data_cli
+from dmaml.cli import main as dmaml_cli
 from dmaml.data.miniimagenet import (
     NO_SOURCE,
     SourceError,
@@ -185,7 +185,7 @@ def test_no_source(tmp_path, caplog):
     with pytest.raises(SourceError, match="miniimagenet: {source: PATH}"):
         prepare_miniimagenet(None, tmp_path / "out.h5")
     with caplog.at_level(logging.ERROR):
-        assert data_cli(["prepare-miniimagenet", "--out", str(tmp_path / "out.h5")]) == 1
+        assert dmaml_cli(["prepare-miniimagenet", "--out", str(tmp_path / "out.h5")]) == 2
     assert NO_SOURCE in caplog.text
     with pytest.raises(SourceError, match="no such folder"):
         prepare_miniimagenet(tmp_path / "nowhere", tmp_path / "out.h5")

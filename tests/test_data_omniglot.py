@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmaml.data.cli import main as data_cli
+from dmaml.cli import main as dmaml_cli
 from dmaml.data.download import ChecksumError, DownloadError
 from dmaml.data.omniglot import ArchiveError, list_characters, prepare_omniglot
 from dmaml.data.store import SPLITS, read_split
@@ -140,7 +140,7 @@ def test_small_background_subset(tmp_path):
     make_omniglot_zip(tmp_path / "images_background_small1.zip", "images_background_small1",
                       ["Alpha"], 2)
     make_omniglot_zip(tmp_path / "images_evaluation.zip", "images_evaluation", ["Gamma"], 1)
-    assert data_cli(["prepare-omniglot", "--source", str(tmp_path), "--small", "1",
+    assert dmaml_cli(["prepare-omniglot", "--source", str(tmp_path), "--small", "1",
                      "--out", str(tmp_path / "small.h5")]) == 0
     assert read_split(tmp_path / "small.h5", "train").num_classes == 8
 
@@ -149,8 +149,8 @@ def test_strict_checksum_mismatch(omniglot_source, tmp_path):
     with pytest.raises(ChecksumError, match="differs from the pinned md5"):
         prepare_omniglot(omniglot_source, tmp_path / "omniglot.h5", strict=True)
     assert no_output(tmp_path)
-    assert data_cli(["prepare-omniglot", "--source", str(omniglot_source), "--strict",
-                     "--out", str(tmp_path / "omniglot.h5")]) == 1
+    assert dmaml_cli(["prepare-omniglot", "--source", str(omniglot_source), "--strict",
+                     "--out", str(tmp_path / "omniglot.h5")]) == 2
     assert no_output(tmp_path)
 
 
@@ -194,7 +194,7 @@ def test_image_of_wrong_size_fails_midway_and_leaves_nothing(tmp_path):
 @needs_real
 def test_interrupted_preprocessing_leaves_no_file_then_rerun(tmp_path):
     out = tmp_path / "omniglot.h5"
-    command = [sys.executable, "-m", "dmaml.data.cli", "prepare-omniglot",
+    command = [sys.executable, "-m", "dmaml.cli", "prepare-omniglot",
                "--source", str(OMNIGLOT_DATA), "--small", "1", "--out", str(out)]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30

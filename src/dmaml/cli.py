@@ -18,6 +18,7 @@ import yaml
 
 from dmaml import __version__
 from dmaml.config import FIELDS
+from dmaml.data.cli import add_commands as add_data_commands
 from dmaml.errors import ConfigError, TrainingInterrupted, UserError
 
 log = logging.getLogger("dmaml")
@@ -161,7 +162,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_figure(args: argparse.Namespace) -> int:
     from dmaml.report import figures
 
-    getattr(figures, FIGURES[args.kind])(args.inputs, args.out)
+    extra = {"max_step": args.max_step} if args.max_step and args.kind == "workers" else {}
+    getattr(figures, FIGURES[args.kind])(args.inputs, args.out, **extra)
     log.info("wrote %s.{png,pdf,txt}", args.out.with_suffix(""))
     return 0
 
@@ -216,14 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("kind", choices=sorted(FIGURES))
     figure.add_argument("inputs", nargs="+", help="run folders or prediction CSVs")
     figure.add_argument("--out", type=Path, required=True, help="output path (suffix ignored)")
+    figure.add_argument("--max_step", type=int, default=0,
+                        help="workers: last MAML step shown (0: 1000, as in the paper)")
     figure.set_defaults(func=cmd_figure)
 
-    try:
-        from dmaml.data.cli import add_commands
-    except ImportError:  # the data stage is optional for training-only installs
-        pass
-    else:
-        add_commands(sub)
+    add_data_commands(sub)
     return parser
 
 

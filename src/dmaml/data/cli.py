@@ -1,22 +1,18 @@
 """The data-stage subcommands of ``dmaml``: download-omniglot, prepare-omniglot, prepare-miniimagenet.
 
-:func:`add_commands` registers them on the main ``dmaml`` parser; ``python -m dmaml.data.cli``
-runs them alone. Each command returns 0 on success and 1 after logging a one-line error.
+:func:`add_commands` registers them on the main ``dmaml`` parser (:mod:`dmaml.cli`). Each command
+returns 0 on success; bad input raises a :class:`~dmaml.errors.UserError` whose one-line message
+the main command prints before exiting with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from dmaml.data.download import OMNIGLOT_ARCHIVES, OMNIGLOT_URL, obtain
 from dmaml.data.miniimagenet import prepare_miniimagenet
 from dmaml.data.omniglot import BACKGROUNDS, EVALUATION, prepare_omniglot
-from dmaml.data.store import DatasetError
-
-log = logging.getLogger(__name__)
 
 SMALL = {"1": "images_background_small1", "2": "images_background_small2"}
 
@@ -25,36 +21,27 @@ def _background(args: argparse.Namespace) -> str:
     return SMALL[args.small] if args.small else BACKGROUNDS[0]
 
 
-def _run(action: Callable[..., object], *arguments: object, **options: object) -> int:
-    """Call ``action``; log a data error (or a bad setting) as one line and return 1."""
-    try:
-        action(*arguments, **options)
-    except (DatasetError, ValueError) as e:
-        log.error("%s", e)
-        return 1
-    return 0
-
-
 def download_omniglot(args: argparse.Namespace) -> int:
     """``dmaml download-omniglot``: fetch and check the two zips into ``--out-dir``."""
-    def fetch_both() -> None:
-        for key in (_background(args), EVALUATION):
-            obtain(args.source, OMNIGLOT_ARCHIVES[key], args.out_dir, strict=args.strict,
-                   timeout=args.timeout)
-    return _run(fetch_both)
+    for key in (_background(args), EVALUATION):
+        obtain(args.source, OMNIGLOT_ARCHIVES[key], args.out_dir, strict=args.strict,
+               timeout=args.timeout)
+    return 0
 
 
 def prepare_omniglot_command(args: argparse.Namespace) -> int:
     """``dmaml prepare-omniglot``: the zips of ``--source`` into the HDF5 file ``--out``."""
-    return _run(prepare_omniglot, args.source, args.out, background=_background(args),
-                val_alphabets=args.val_alphabets, strict=args.strict,
-                download_dir=args.download_dir, timeout=args.timeout)
+    prepare_omniglot(args.source, args.out, background=_background(args),
+                     val_alphabets=args.val_alphabets, strict=args.strict,
+                     download_dir=args.download_dir, timeout=args.timeout)
+    return 0
 
 
 def prepare_miniimagenet_command(args: argparse.Namespace) -> int:
     """``dmaml prepare-miniimagenet``: a local miniImageNet copy into the HDF5 file ``--out``."""
-    return _run(prepare_miniimagenet, args.source, args.out,
-                aggregate_val_test=args.aggregate_val_test, threads=args.threads)
+    prepare_miniimagenet(args.source, args.out, aggregate_val_test=args.aggregate_val_test,
+                         threads=args.threads)
+    return 0
 
 
 def _count(text: str) -> int:
@@ -129,15 +116,3 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="image decoding threads (default: the number of CPUs)")
     p.set_defaults(func=prepare_miniimagenet_command)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one data command alone (``python -m dmaml.data.cli COMMAND ...``)."""
-    parser = argparse.ArgumentParser(prog="python -m dmaml.data.cli", description=__doc__)
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dmaml.data.download import OMNIGLOT_ARCHIVES, is_url, obtain
 from dmaml.data.store import DatasetError, SplitWriter, atomic_h5
+from dmaml.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def prepare_omniglot(source: str | os.PathLike, out: str | os.PathLike, *,
         >>> prepare_omniglot("/data/omniglot", "resources/omniglot.h5")  # doctest: +SKIP
     """
     if background not in BACKGROUNDS:
-        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+        raise ConfigError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     out = Path(out)
     dest_dir = Path(download_dir or out.parent / "omniglot") if is_url(source) else Path(source)
     sources, paths = {}, {}
@@ -155,7 +156,7 @@ def prepare_omniglot(source: str | os.PathLike, out: str | os.PathLike, *,
         eval_chars = list_characters(ev, EVALUATION)
         alphabets = sorted({c.alphabet for c in eval_chars})
         if not 0 <= val_alphabets < len(alphabets):
-            raise ValueError(f"val_alphabets must be in [0, {len(alphabets) - 1}] (the evaluation "
+            raise ConfigError(f"val_alphabets must be in [0, {len(alphabets) - 1}] (the evaluation "
                              f"set has {len(alphabets)} alphabets), got {val_alphabets}")
         held_out = set(alphabets[:val_alphabets])
         params = {"image_size": [IMAGE_SIZE, IMAGE_SIZE, 1], "resample": "PIL.Image.LANCZOS",

@@ -15,13 +15,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmaml.report import ReportError, describe, load_runs, metrics
+from dmaml.report import SETTINGS, ReportError, describe, load_runs, metrics
+
+SHORT = {"workers": "n", "shots": "k", "ways": "N", "steps_per_run": "m", "tasks_per_step": "t"}
+
+
+def row_keys(runs: pd.DataFrame) -> list[str]:
+    """The settings that tell the rows apart: those that vary between runs, except the seed
+    (always including the worker count)."""
+    keys = [k for k in SETTINGS if k not in ("seed", "workers") and runs[k].nunique() > 1]
+    return [*keys, "workers"]
 
 
 def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
-    """For each worker count, the run whose final validation score is best."""
+    """For each row (see :func:`row_keys`), the run whose final validation score is best."""
     chosen = []
-    for _, group in runs.groupby("workers", sort=True):
+    for _, group in runs.groupby(row_keys(runs), sort=True):
         scores = []
         for run in group["run"]:
             m = metrics(run)
@@ -37,6 +46,7 @@ def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
 def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 2-5: test scores at each checkpoint step of the best seed per n."""
     runs = load_runs(run_dirs)
+    keys = row_keys(runs)
     rows = []
     for _, best in best_seeds(runs).iterrows():
         test = pd.read_csv(Path(best["run"]) / "test.csv")
@@ -44,9 +54,9 @@ def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataF
             raise ReportError(f"{best['run']}: test.csv has no rows; set checkpoint_steps and "
                               "test_tasks > 0")
         for _, t in test.iterrows():
-            rows.append({"workers": best["workers"], "seed": best["seed"], "step": int(t["step"]),
-                         "metric": t["metric"], "mean": t["mean"], "ci95": t["ci95"],
-                         "tasks": int(t["tasks"]), "status": best["status"]})
+            rows.append({**{k: best[k] for k in keys}, "seed": best["seed"],
+                         "step": int(t["step"]), "metric": t["metric"], "mean": t["mean"],
+                         "ci95": t["ci95"], "tasks": int(t["tasks"]), "status": best["status"]})
     return pd.DataFrame(rows), runs
 
 
@@ -54,22 +64,27 @@ def shots_table(evaluations: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFra
     """Table 1: test MSE after adaptation on K points, from ``dmaml evaluate --out`` files."""
     results = pd.DataFrame([json.loads(Path(e).read_text()) for e in evaluations])
     runs = load_runs(sorted(set(results["run"])))
-    best = best_seeds(runs)[["run", "workers", "seed", "status"]]
-    table = results.merge(best, on="run")
-    return table[["workers", "seed", "shots", "metric", "mean", "ci95", "tasks", "status"]], runs
+    keys = row_keys(runs)
+    best = best_seeds(runs)[["run", *keys, "seed", "status"]]
+    table = results.merge(best.drop(columns=[k for k in ("shots",) if k in keys]), on="run")
+    return table[[*[k for k in keys if k != "shots"], "seed", "shots", "metric", "mean", "ci95",
+                  "tasks", "status"]], runs
 
 
 def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -> str:
     """The paper's layout: a row per n, a column per ``column`` value, cells 'mean ± ci95'."""
-    table = table.sort_values(["workers", column])
+    keys = [k for k in row_keys(runs) if k != column]
+    table = table.sort_values([*keys, column])
     cells = table.assign(cell=[f"{m:.3f} ± {c:.3f}" + (" †" if s == "diverged" else "")
                                for m, c, s in zip(table["mean"], table["ci95"], table["status"])])
-    wide = cells.pivot(index="workers", columns=column, values="cell")
-    seeds = table.groupby("workers")["seed"].first()
-    header = "| n (seed) | " + " | ".join(f"{column} {c}" for c in wide.columns) + " |"
+    wide = cells.pivot(index=keys, columns=column, values="cell")
+    seeds = table.groupby(keys)["seed"].first()
+    label = ", ".join(SHORT.get(k, k) for k in keys)
+    header = f"| {label} (seed) | " + " | ".join(f"{column} {c}" for c in wide.columns) + " |"
     lines = [f"**{title}**", "", header, "|" + "---|" * (len(wide.columns) + 1)]
-    for n, row in wide.iterrows():
-        lines.append(f"| {n} ({seeds[n]}) | " + " | ".join(row.fillna("")) + " |")
+    for index, row in wide.iterrows():
+        values = ", ".join(map(str, index if isinstance(index, tuple) else (index,)))
+        lines.append(f"| {values} ({seeds[index]}) | " + " | ".join(row.fillna("")) + " |")
     metric = table["metric"].iloc[0]
     all_seeds = sorted(set(runs["seed"]))
     lines += ["", f"Cells: test {metric}, mean ± 95% CI over {table['tasks'].iloc[0]} test tasks, "
