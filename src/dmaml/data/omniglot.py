@@ -156,8 +156,8 @@ def prepare_omniglot(source: str | os.PathLike, out: str | os.PathLike, *,
         eval_chars = list_characters(ev, EVALUATION)
         alphabets = sorted({c.alphabet for c in eval_chars})
         if not 0 <= val_alphabets < len(alphabets):
-            raise ConfigError(f"val_alphabets must be in [0, {len(alphabets) - 1}] (the evaluation "
-                             f"set has {len(alphabets)} alphabets), got {val_alphabets}")
+            raise ConfigError(f"val_alphabets must be in [0, {len(alphabets) - 1}] (the "
+                              f"evaluation set has {len(alphabets)} alphabets), got {val_alphabets}")
         held_out = set(alphabets[:val_alphabets])
         params = {"image_size": [IMAGE_SIZE, IMAGE_SIZE, 1], "resample": "PIL.Image.LANCZOS",
                   "source_size": [SOURCE_SIZE, SOURCE_SIZE], "grayscale": "PIL convert('L')",
