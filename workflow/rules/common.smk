@@ -1,6 +1,13 @@
+import itertools
+import json
+from pathlib import Path
+
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from dmaml.config import DATASET_DEFAULTS, FIELDS as RUN_FIELDS, RunConfig, resolve
+from dmaml.errors import ConfigError
 
 
 # `--config "omniglot={strict: true}"` gives nested values as strings ('true', '1'): read them
@@ -43,3 +50,141 @@ def miniimagenet_aggregate(wildcards):
     if config["miniimagenet"]["aggregate_val_test"]:
         return "--aggregate-val-test"
     return "--no-aggregate-val-test"
+
+
+
+# --- experiments: the training runs behind each table and figure ------------------------------
+# Each entry of `experiments:` in config.yaml names its dataset and settings; list values span a
+# grid. A run folder is named from its wildcards, and every other setting reaches the job
+# through `params:`, so changing one re-runs exactly the jobs that use it.
+
+RUN_ID = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/seed{seed}"
+RUN = f"results/runs/{RUN_ID}"
+# experiment key -> wildcard of RUN
+GRID = {
+    "dataset": "dataset",
+    "ways": "ways",
+    "shots": "shots",
+    "workers": "workers",
+    "steps_per_run": "m",
+    "tasks_per_step": "t",
+    "merge": "merge",
+    "outer_reduction": "reduction",
+    "seeds": "seed",
+}
+# experiment keys that shape the grid or the report, not a training run
+REPORT_KEYS = {"from", "splits", "test_shots", "max_step", "sum_beta_per_task", "title"}
+FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split"}
+SRC = Path(workflow.basedir, "src", "dmaml")
+TRAINING_CODE = sorted(str(p) for p in SRC.rglob("*.py") if "report" not in p.parts)
+REPORT_CODE = sorted(str(p) for p in SRC.glob("report/*.py")) + [str(SRC / "cli.py")]
+# Jobs run this workflow's own source tree (`python -m dmaml.cli`), so that a job runs exactly
+# the code its `code` inputs name; the environment provides the dependencies.
+shell.prefix(f"export PYTHONPATH={SRC.parent}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
+wildcard_constraints:
+    experiment=r"[a-z0-9_]+",
+    dataset="sine|omniglot|miniimagenet",
+    ways=r"\d+",
+    shots=r"\d+",
+    workers=r"\d+",
+    m=r"\d+",
+    t=r"\d+",
+    merge="mean|weighted|drop_worst",
+    reduction="mean|sum",
+    seed=r"\d+",
+
+
+def settings(name):
+    """An experiment's settings: the dataset's Table 6 values, the `train:` defaults, then its
+    own (an experiment with `from:` reuses the runs of another)."""
+    exp = config["experiments"][name]
+    if "from" in exp:
+        return settings(exp["from"])
+    return {**DATASET_DEFAULTS[exp["dataset"]], **config["train"], **exp}
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def runs(name):
+    """The wildcards of every run of an experiment: the product of its list-valued grid keys
+    (with `splits: [[n, t], ...]` pairing workers and tasks per step instead)."""
+    exp = settings(name)
+    grid = {w: as_list(exp[k]) for k, w in GRID.items()}
+    pairs = exp.get("splits") or list(itertools.product(grid["workers"], grid["t"]))
+    keys = ("dataset", "ways", "shots", "m", "merge", "reduction", "seed")
+    experiment = config["experiments"][name].get("from", name)
+    return [
+        {"experiment": experiment, "workers": n, "t": t, **dict(zip(keys, values))}
+        for values in itertools.product(*(grid[k] for k in keys))
+        for n, t in pairs
+    ]
+
+
+def run_dirs(name):
+    """Every run folder of an experiment."""
+    return [RUN.format(**w) for w in runs(name)]
+
+
+def run_settings(experiment, dataset, ways, shots, workers, m, t, merge, reduction, seed):
+    """The `dmaml train` settings of one run: the experiment's scalars and the run's wildcards."""
+    exp = settings(experiment)
+    values = {
+        k: v
+        for k, v in exp.items()
+        if k in RUN_FIELDS and k not in REPORT_KEYS and k not in GRID and v is not None
+    }
+    values.update(dataset=dataset, ways=int(ways), shots=int(shots), workers=int(workers),
+                  steps_per_run=int(m), tasks_per_step=int(t), merge=merge,
+                  outer_reduction=reduction, seed=int(seed))
+    if reduction == "sum" and "sum_beta_per_task" in exp:
+        # Figure 5, bottom row: the rate grows with the tasks summed (0.001 at t = 32)
+        values["beta"] = exp["sum_beta_per_task"] * int(t)
+    if dataset != "sine":
+        values["data"] = f"resources/{dataset}.h5"
+    values["checkpoint_steps"] = [s for s in values["checkpoint_steps"] if s <= values["steps"]]
+    return values
+
+
+def run_flags(wildcards):
+    """`dmaml train` flags of one run (every setting, so that a change re-runs the job)."""
+    values = run_settings(**{k: wildcards[k] for k in ("experiment", *GRID.values())})
+    return " ".join(f"--{k} {json.dumps(v, separators=(',', ':'))!r}" if isinstance(v, list)
+                    else f"--{k} {v}" for k, v in sorted(values.items()))
+
+
+def check_experiments():
+    """Check every run's settings now, so that a wrong value stops the workflow before any job."""
+    for name in config["experiments"]:
+        for wildcards in runs(name):
+            try:
+                resolve(RunConfig(**run_settings(**wildcards)))
+            except (ConfigError, TypeError, KeyError) as e:
+                raise WorkflowError(f"config.yaml, experiments.{name}: {e}") from None
+
+
+def dataset_file(wildcards):
+    return [] if wildcards.dataset == "sine" else [f"resources/{wildcards.dataset}.h5"]
+
+
+def train_threads(wildcards):
+    return min(int(wildcards.workers), config["train_threads"])
+
+
+def train_runtime(wildcards):
+    """Minutes to request: the configured seconds per task times the tasks of the run, twice."""
+    exp = settings(wildcards.experiment)
+    seconds = config["seconds_per_task"][wildcards.dataset] * exp["steps"] * int(wildcards.t)
+    seconds *= max(1.0, int(wildcards.workers) / train_threads(wildcards))
+    return int(30 + 2 * seconds / 60)
+
+
+def train_mem(wildcards):
+    base = {"sine": 1500, "omniglot": 3000, "miniimagenet": 6000}[wildcards.dataset]
+    return base + 100 * int(wildcards.workers)
+
+
+check_experiments()

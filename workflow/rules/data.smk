@@ -8,10 +8,12 @@ rule download_omniglot:
         out_dir=lambda wildcards, output: Path(output.background).parent,
     log:
         "logs/download_omniglot/omniglot.log",
+    conda:
+        "../../envs/dmaml.yaml"
     localrule: True
     retries: 3
     shell:
-        "dmaml download-omniglot --source {params.source:q} --out-dir {params.out_dir:q} "
+        "python -m dmaml.cli download-omniglot --source {params.source:q} --out-dir {params.out_dir:q} "
         "{params.strict} > {log} 2>&1"
 
 
@@ -26,6 +28,8 @@ rule preprocess_omniglot:
         val_alphabets=config["omniglot"]["val_alphabets"],
     log:
         "logs/preprocess_omniglot/omniglot.log",
+    conda:
+        "../../envs/dmaml.yaml"
     benchmark:
         "benchmarks/preprocess_omniglot/omniglot.tsv"
     threads: 1
@@ -33,7 +37,7 @@ rule preprocess_omniglot:
         mem_mb=1000,
         runtime=10,
     shell:
-        "dmaml prepare-omniglot --source {params.source:q} --out {output:q} "
+        "python -m dmaml.cli prepare-omniglot --source {params.source:q} --out {output:q} "
         "--val-alphabets {params.val_alphabets} {params.strict} > {log} 2>&1"
 
 
@@ -46,6 +50,8 @@ rule preprocess_miniimagenet:
         aggregate=miniimagenet_aggregate,
     log:
         "logs/preprocess_miniimagenet/miniimagenet.log",
+    conda:
+        "../../envs/dmaml.yaml"
     benchmark:
         "benchmarks/preprocess_miniimagenet/miniimagenet.tsv"
     threads: 2
@@ -53,5 +59,5 @@ rule preprocess_miniimagenet:
         mem_mb=3000,
         runtime=60,
     shell:
-        "dmaml prepare-miniimagenet --source {input:q} --out {output:q} {params.aggregate} "
+        "python -m dmaml.cli prepare-miniimagenet --source {input:q} --out {output:q} {params.aggregate} "
         "--threads {threads} > {log} 2>&1"

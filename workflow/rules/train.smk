@@ -1,0 +1,24 @@
+rule train_dmaml:
+    """One DMAML run. Its folder also holds metrics.csv, test.csv and checkpoints/; only run.json
+    (rewritten last with status "finished") is declared, so a failed or killed job's cleanup
+    keeps the checkpoints and the retried job resumes from them."""
+    input:
+        data=dataset_file,
+        code=TRAINING_CODE,
+    output:
+        f"{RUN}/run.json",
+    params:
+        flags=run_flags,
+        out=lambda wildcards, output: Path(output[0]).parent,
+    log:
+        f"logs/train_dmaml/{RUN_ID}.log",
+    benchmark:
+        f"benchmarks/train_dmaml/{RUN_ID}.tsv"
+    threads: train_threads
+    resources:
+        mem_mb=train_mem,
+        runtime=train_runtime,
+    conda:
+        "../../envs/dmaml.yaml"
+    shell:
+        "python -m dmaml.cli train --out {params.out:q} {params.flags} --threads {threads} > {log} 2>&1"
