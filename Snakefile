@@ -1,6 +1,6 @@
 # dmaml: the experiments of "Investigating parallelization of MAML". Run from this folder:
 #   snakemake --cores 32 results/tables/table2.csv     (the paper's grid, config.yaml)
-#   snakemake --cores 2 --configfile presets/quick.yaml table2 fig3   (minutes, small grid)
+#   snakemake --cores 2 table2 fig3 --configfile presets/quick.yaml   (minutes, small grid)
 from snakemake.utils import min_version
 
 min_version("9.0")

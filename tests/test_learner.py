@@ -148,3 +148,14 @@ def test_divergence_stops_with_step_and_keeps_metrics(tmp_path):
         Learner(cfg, tmp_path).train()
     assert (tmp_path / "metrics.csv").exists()
     assert '"status": "diverged"' in (tmp_path / "run.json").read_text()
+
+
+def test_omniglot_learns_far_above_chance(tmp_path, omniglot_h5):
+    """A short 5-way 1-shot run on the real Omniglot background/evaluation split."""
+    cfg = config.load(None, {"dataset": "omniglot", "data": str(omniglot_h5), "steps": 100,
+                             "tasks_per_step": 8, "eval_every": 50, "val_tasks": 20,
+                             "test_tasks": 100, "checkpoint_steps": [100]})
+    Learner(cfg, tmp_path).train()
+    test = rows(tmp_path / "test.csv")[0]
+    assert float(test["mean"]) > 0.5, test  # chance is 0.2
+    assert int(test["tasks"]) == 100

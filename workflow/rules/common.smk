@@ -10,12 +10,17 @@ from dmaml.config import DATASET_DEFAULTS, FIELDS as RUN_FIELDS, RunConfig, reso
 from dmaml.errors import ConfigError
 
 
-# `--config "omniglot={strict: true}"` gives nested values as strings ('true', '1'): read them
-# as YAML, as the config file is read, before checking the types.
-for section in ("omniglot", "miniimagenet"):
-    for key, value in config.get(section, {}).items():
-        if key != "source" and isinstance(value, str):
-            config[section][key] = yaml.safe_load(value)
+def parse_nested(values):
+    """`--config "train={steps: 100}"` gives nested values as strings ('100', 'true'): read them
+    as YAML, as the config file is read, before checking the types (paths stay strings)."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            parse_nested(value)
+        elif isinstance(value, str) and key != "source":
+            values[key] = yaml.safe_load(value)
+
+
+parse_nested(config)
 
 validate(config, schema="../schemas/config.schema.yaml")
 

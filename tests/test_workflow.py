@@ -1,0 +1,110 @@
+"""The Snakemake workflow: lint, the jobs each target plans, re-runs, and the quick preset end
+to end on real Omniglot (generated Omniglot-format zips where ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import OMNIGLOT_DATA, ROOT, make_omniglot_source
+
+pytest.importorskip("snakemake")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """The workflow with its own source tree, as a user's clone has it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, dest)
+    for name in ("workflow", "presets", "envs"):
+        shutil.copytree(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def planned(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts of a dry run's 'Job stats' table."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stats = result.stdout.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("workflow"))
+
+
+def test_lint_is_clean(workflow):
+    result = snakemake(workflow, "--lint")
+    assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr
+
+
+def test_table2_plans_the_paper_grid(workflow):
+    jobs = planned(snakemake(workflow, "-n", "results/tables/table2.csv"))
+    assert jobs == {"download_omniglot": 1, "preprocess_omniglot": 1, "train_dmaml": 6 * 3,
+                    "make_table": 1}
+
+
+@pytest.mark.parametrize("target, trainings", [
+    ("table1", 4), ("table3", 18), ("table4", 18), ("fig2", 4), ("fig3", 18), ("fig4", 12),
+    ("fig5", 42), ("fig6", 18), ("figures", 94)])
+def test_every_target_plans(workflow, target, trainings):
+    assert planned(snakemake(workflow, "-n", target))["train_dmaml"] == trainings
+
+
+def test_table5_needs_a_miniimagenet_source(workflow):
+    result = snakemake(workflow, "-n", "table5")
+    assert result.returncode != 0 and "miniimagenet: {source: PATH}" in result.stdout + result.stderr
+    jobs = planned(snakemake(workflow, "-n", "table5", "--config", "miniimagenet={source: /data}"))
+    assert jobs["train_dmaml"] == 2 * 6 * 3
+
+
+def test_a_wrong_setting_stops_before_any_job(workflow):
+    result = snakemake(workflow, "-n", "table2", "--config", "train={alpha: -1}")
+    assert result.returncode != 0
+    assert "experiments.table1: alpha: must be a positive number" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(tmp_path):
+    """Table 2 and Figure 3 of the quick preset, then: nothing to redo; a new alpha for Table 2
+    re-runs exactly its trainings; a plotting change re-runs no training."""
+    flow = copy_workflow(tmp_path / "flow")
+    real = (OMNIGLOT_DATA / "images_background.zip").is_file()
+    source = OMNIGLOT_DATA if real else make_omniglot_source(tmp_path / "source", 12, 8)
+    config = ["--configfile", "presets/quick.yaml", "--config", f"omniglot={{source: {source}}}"]
+    done = snakemake(flow, "table2", "fig3", *config, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    table = pd.read_csv(flow / "results/tables/table2.csv")
+    assert sorted(set(table["workers"])) == [1, 2, 4] and sorted(set(table["step"])) == [50, 100, 200]
+    assert set(table["tasks"]) == {200} and table["ci95"].between(0, 0.2).all()
+    if real:
+        final = table[table["step"] == 200]
+        assert (final["mean"] > 0.4).all(), final  # chance: 0.2
+    assert "| n (seed) | step 50 | step 100 | step 200 |" in (flow / "results/tables/table2.md").read_text()
+    for suffix in ("png", "pdf", "txt"):
+        assert (flow / f"results/figures/fig3.{suffix}").stat().st_size > 0
+    assert list((flow / "logs/train_dmaml/table2").rglob("*.log"))
+
+    assert "Nothing to be done" in snakemake(flow, "-n", "table2", "fig3", *config).stdout
+    jobs = planned(snakemake(flow, "-n", "table2", "fig3", *config, "--config",
+                             "experiments={table2: {alpha: 0.3}}"))
+    assert jobs["train_dmaml"] == 6
+    figures = flow / "src/dmaml/report/figures.py"
+    figures.write_text(figures.read_text().replace('"font.size": 10', '"font.size": 11'))
+    jobs = planned(snakemake(flow, "-n", "table2", "fig3", *config))
+    assert "train_dmaml" not in jobs and jobs["plot_figure"] == 1
