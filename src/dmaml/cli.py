@@ -111,6 +111,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     theta = checkpoint.unpack("theta", checkpoint.load(run / "checkpoints" / name))
     model = models.for_config(cfg)
     shots = args.shots or cfg.shots
+    if args.extrapolate:
+        _extrapolate(args.extrapolate, cfg, model, theta, shots, run)
+        return 0
     evaluator = Evaluator(model, make_sampler(cfg, args.split, shots), args.split,
                           cfg.test_tasks, cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
     score = evaluator(theta)
@@ -120,20 +123,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(result))
     if args.out:
         _write_text(args.out, json.dumps(result, indent=2) + "\n")
-    if args.extrapolate:
-        if cfg.dataset != "sine":
-            raise ConfigError("--extrapolate: only sine runs can be extrapolated (Figure 2)")
-        from dmaml.evaluate import extrapolation
-
-        curve = extrapolation(model, theta, shots, cfg.alpha, cfg.eval_inner_steps, cfg.eval_seed)
-        import pandas as pd
-
-        frame = pd.concat([pd.DataFrame({k: curve[k] for k in ("x", "y_true", "y_pred")}),
-                           pd.DataFrame({k: curve[k] for k in ("support_x", "support_y")})], axis=1)
-        frame = frame.assign(run=str(run), workers=cfg.workers, seed=cfg.seed,
-                             inner_steps=cfg.eval_inner_steps)
-        _write_text(args.extrapolate, frame.to_csv(index=False))
     return 0
+
+
+def _extrapolate(out: Path, cfg, model, theta, shots: int, run: Path) -> None:
+    """Figure 2's curve of a sine run, as CSV."""
+    import pandas as pd
+
+    from dmaml.evaluate import extrapolation
+
+    if cfg.dataset != "sine":
+        raise ConfigError("--extrapolate: only sine runs can be extrapolated (Figure 2)")
+    curve = extrapolation(model, theta, shots, cfg.alpha, cfg.eval_inner_steps, cfg.eval_seed)
+    frame = pd.concat([pd.DataFrame({k: curve[k] for k in ("x", "y_true", "y_pred")}),
+                       pd.DataFrame({k: curve[k] for k in ("support_x", "support_y")})], axis=1)
+    frame = frame.assign(run=str(run), workers=cfg.workers, seed=cfg.seed,
+                         inner_steps=cfg.eval_inner_steps)
+    _write_text(out, frame.to_csv(index=False))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -197,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["val", "test"])
     ev.add_argument("--out", type=Path, help="also write the result to this JSON file")
     ev.add_argument("--extrapolate", type=Path, metavar="CSV",
-                    help="sine: write Figure 2's predictions (adapted on x in [-5, 0]) to CSV")
+                    help="sine: instead of testing, write Figure 2's predictions (adapted on x in "
+                         "[-5, 0]) to CSV")
     ev.set_defaults(func=cmd_evaluate)
 
     table = sub.add_parser("table", help="make one of the paper's tables from run folders",

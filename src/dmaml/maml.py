@@ -15,6 +15,12 @@ Example::
     model = models.mlp()
     step = make_step(model, alpha=0.01, inner_steps=1, beta=0.01)
     params, opt_state, loss, metric = step(params, opt_state, xs, ys, xq, yq)  # [t, ...] tasks
+
+Batched forms (``batched=True``, :func:`meta_gradient_stacked`, :func:`make_stacked_step`) compute
+the same quantities for many tasks and many workers' parameters at once with the model's
+``batched`` function: the n workers' parameters are stacked along a leading worker axis, each
+worker's t tasks are an instance axis, and instance i's loss depends on its own parameters only,
+so the gradient of the sum of all instances' losses is every instance's own gradient.
 """
 
 from __future__ import annotations
@@ -28,12 +34,18 @@ from dmaml.models import Model, Params
 
 
 def adapt(model: Model, params: Params, x, y, alpha, steps: int,
-          first_order: bool = False) -> Params:
-    """``steps`` gradient-descent steps of rate ``alpha`` on (x, y), starting from ``params``."""
+          first_order: bool = False, batched: bool = False) -> Params:
+    """``steps`` gradient-descent steps of rate ``alpha`` on (x, y), starting from ``params``.
+
+    ``batched``: params ``[N, ...]`` and data ``[N, B, ...]`` are N independent instances.
+    """
     for _ in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(list(params.values()))
-            loss = model.loss(model.apply(params, x), y)
+            if batched:
+                loss = tf.reduce_sum(model.losses(model.batched(params, x), y))
+            else:
+                loss = model.loss(model.apply(params, x), y)
         grads = tape.gradient(loss, params)
         if first_order:
             grads = {k: tf.stop_gradient(g) for k, g in grads.items()}
@@ -42,10 +54,16 @@ def adapt(model: Model, params: Params, x, y, alpha, steps: int,
 
 
 def query_loss(model: Model, params: Params, task, alpha, steps: int,
-               first_order: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-    """Loss and metric on the query set after adapting on the support set."""
+               first_order: bool = False, batched: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """Loss and metric on the query set after adapting on the support set.
+
+    ``batched``: one loss and metric per instance (shape ``[N]``), see :func:`adapt`.
+    """
     xs, ys, xq, yq = task
-    adapted = adapt(model, params, xs, ys, alpha, steps, first_order)
+    adapted = adapt(model, params, xs, ys, alpha, steps, first_order, batched)
+    if batched:
+        out = model.batched(adapted, xq)
+        return model.losses(out, yq), model.metrics(out, yq)
     out = model.apply(adapted, xq)
     return model.loss(out, yq), model.metric(out, yq)
 
@@ -81,6 +99,60 @@ def make_step(model: Model, alpha: float, inner_steps: int, beta: float,
         return params, opt_state, loss, metric
 
     return step
+
+
+def meta_gradient_stacked(model: Model, params: Params, tasks, alpha, steps: int,
+                          first_order: bool = False, reduction: str = "mean"
+                          ) -> tuple[Params, tf.Tensor, tf.Tensor]:
+    """:func:`meta_gradient` of n workers at once: ``params[k]`` is ``[n, *shape]`` and the task
+    arrays are ``[n, t, ...]`` (worker, task). Returns the gradients ``[n, *shape]`` and each
+    worker's mean query loss and metric (``[n]``)."""
+    n, t = tasks[0].shape[:2]
+    flat = [tf.reshape(part, [n * t, *part.shape[2:]]) for part in tasks]
+    with tf.GradientTape() as tape:
+        tape.watch(list(params.values()))
+        # Each worker's parameters, once per task (the gradient of the tiling sums over tasks).
+        tiled = {k: tf.reshape(tf.broadcast_to(p[:, None], [n, t, *p.shape[1:]]),
+                               [n * t, *p.shape[1:]]) for k, p in params.items()}
+        losses, metrics = query_loss(model, tiled, flat, alpha, steps, first_order, batched=True)
+        losses, metrics = tf.reshape(losses, [n, t]), tf.reshape(metrics, [n, t])
+        per_worker = tf.reduce_sum(losses, 1) if reduction == "sum" else tf.reduce_mean(losses, 1)
+        total = tf.reduce_sum(per_worker)  # workers are independent: each gets its own gradient
+    grads = tape.gradient(total, params)
+    return grads, tf.reduce_mean(losses, 1), tf.reduce_mean(metrics, 1)
+
+
+def make_stacked_step(model: Model, alpha: float, inner_steps: int, beta: float,
+                      first_order: bool = False, reduction: str = "mean",
+                      jit_compile: bool = True) -> Callable:
+    """:func:`make_step` for n workers at once: ``(params, opt_state, xs, ys, xq, yq) -> (params,
+    opt_state, loss, metric)`` with parameters and Adam moments stacked along a leading worker
+    axis, task arrays ``[n, t, ...]``, and one step count ``opt_state.t`` shared by the n workers;
+    ``loss`` and ``metric`` are ``[n]``. Compiled with XLA by default (``jit_compile``), which fuses
+    the many small element-wise ops of batch norm and the im2col slicing."""
+
+    @tf.function(jit_compile=jit_compile)
+    def step(params, opt_state, xs, ys, xq, yq):
+        grads, loss, metric = meta_gradient_stacked(model, params, (xs, ys, xq, yq), alpha,
+                                                    inner_steps, first_order, reduction)
+        params, opt_state = optimizer.update(params, grads, opt_state, beta)
+        return params, opt_state, loss, metric
+
+    return step
+
+
+def make_batch_evaluator(model: Model, alpha: float, steps: int,
+                         jit_compile: bool = True) -> Callable:
+    """A compiled ``(params, xs, ys, xq, yq) -> (query losses, query metrics)`` for a batch of
+    tasks (arrays ``[T, ...]``) adapted from the same (unstacked) parameters; results ``[T]``."""
+
+    @tf.function(jit_compile=jit_compile)
+    def evaluate(params, xs, ys, xq, yq):
+        count = xs.shape[0]
+        tiled = {k: tf.broadcast_to(p, [count, *p.shape]) for k, p in params.items()}
+        return query_loss(model, tiled, (xs, ys, xq, yq), alpha, steps, batched=True)
+
+    return evaluate
 
 
 def make_task_evaluator(model: Model, alpha: float, steps: int) -> Callable:

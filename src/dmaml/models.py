@@ -1,5 +1,10 @@
 """Functional models: ``init(rng) -> params`` and ``apply(params, x) -> outputs``.
 
+Each model also has ``batched(params, x)``: the same function for N independent instances at once
+(N workers, or N tasks each with its own adapted parameters), every parameter and the input
+carrying a leading instance axis: ``params[k]`` is ``[N, *shape]``, ``x`` is ``[N, B, ...]`` and
+the result ``[N, B, outputs]``. It is what the vectorized engine compiles into one computation.
+
 Parameters are a flat ``dict`` of named tensors (insertion order is the canonical order), and
 ``apply`` is a pure function of them, so MAML's inner loop can differentiate through parameter
 updates with nested ``tf.GradientTape``s (Keras layers whose weights are reassigned break them).
@@ -42,19 +47,41 @@ class Model:
     init: Callable[[np.random.Generator], dict[str, np.ndarray]]
     apply: Callable[[Params, tf.Tensor], tf.Tensor]
     classification: bool
+    batched: Callable[[Params, tf.Tensor], tf.Tensor] | None = None  # see the module docstring
+    # Per example and forward pass: multiply-adds x 2 of the convolutions and dense layers (batch
+    # norm, ReLU and pooling not counted), and the floats of the layers' matmul operands and
+    # outputs in ``batched`` (the basis of the engines' memory estimates).
+    flops: int = 0
+    activations: int = 0
+
+    def example_losses(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """The loss of each example: softmax cross-entropy or squared error (mean over outputs)."""
+        if self.classification:
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(y, outputs)
+        return tf.reduce_mean(tf.square(outputs - y), axis=-1)
+
+    def example_metrics(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Per example: 1.0 for a correct class, else 0.0 (classification); the squared error."""
+        if self.classification:
+            hits = tf.equal(tf.argmax(outputs, axis=-1, output_type=y.dtype), y)
+            return tf.cast(hits, outputs.dtype)
+        return self.example_losses(outputs, y)
 
     def loss(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Mean loss over examples: softmax cross-entropy or mean squared error."""
-        if self.classification:
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, outputs))
-        return tf.reduce_mean(tf.square(outputs - y))
+        return tf.reduce_mean(self.example_losses(outputs, y))
 
     def metric(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Accuracy for classification, mean squared error for regression."""
-        if self.classification:
-            hits = tf.equal(tf.argmax(outputs, axis=-1, output_type=y.dtype), y)
-            return tf.reduce_mean(tf.cast(hits, outputs.dtype))
-        return self.loss(outputs, y)
+        return tf.reduce_mean(self.example_metrics(outputs, y))
+
+    def losses(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """:meth:`loss` of each instance of a batched output ``[N, B, ...]``: shape ``[N]``."""
+        return tf.reduce_mean(self.example_losses(outputs, y), axis=-1)
+
+    def metrics(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """:meth:`metric` of each instance of a batched output ``[N, B, ...]``: shape ``[N]``."""
+        return tf.reduce_mean(self.example_metrics(outputs, y), axis=-1)
 
 
 def mlp(hidden: tuple[int, ...] = (40, 40), inputs: int = 1, outputs: int = 1) -> Model:
@@ -76,18 +103,53 @@ def mlp(hidden: tuple[int, ...] = (40, 40), inputs: int = 1, outputs: int = 1) -
                 h = tf.nn.relu(h)
         return h
 
-    return Model("mlp", init, apply, classification=False)
+    def batched(params: Params, x: tf.Tensor) -> tf.Tensor:
+        # tf.matmul batches over the leading instance axis; biases broadcast over the examples.
+        return apply({k: v[:, None] if k.endswith("/b") else v for k, v in params.items()}, x)
+
+    flops = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return Model("mlp", init, apply, classification=False, batched=batched, flops=flops,
+                 activations=sum(sizes))
 
 
-def batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+def batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor,
+               axes: tuple[int, ...] = (0, 1, 2)) -> tf.Tensor:
     """Batch norm over the batch and spatial axes of this batch alone (no running averages).
 
     The moments are written out rather than taken from ``tf.nn.moments``, which stops the gradient
     through the mean inside the variance: harmless for first derivatives, wrong for MAML's second.
+    ``axes`` are those of the batch and spatial dimensions (``(1, 2, 3)`` with an instance axis in
+    front, which gives each instance its own statistics).
     """
-    mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
-    var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
     return tf.nn.batch_normalization(x, mean, var, offset, scale, BN_EPSILON)
+
+
+def same_padding(size: int, stride: int, kernel: int = 3) -> tuple[int, int, int]:
+    """Output size and padding before and after of a 'SAME' convolution, as ``tf.nn.conv2d``."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def conv3x3_batched(x: tf.Tensor, w: tf.Tensor, stride: int) -> tf.Tensor:
+    """``tf.nn.conv2d(x[i], w[i], stride, 'SAME')`` for every instance i at once.
+
+    ``x`` is ``[N, B, H, W, C]`` and ``w`` ``[N, 3, 3, C, F]``. Written as im2col (nine strided
+    slices of the padded input, concatenated in the kernel's (row, column, channel) order) and one
+    batched matmul: every op has CPU gradients of any order, which grouped convolutions lack, and
+    under XLA the slicing fuses into the matmul's operand.
+    """
+    _, b, height, width, c = x.shape
+    ho, top, bottom = same_padding(height, stride)
+    wo, left, right = same_padding(width, stride)
+    x = tf.pad(x, [[0, 0], [0, 0], [top, bottom], [left, right], [0, 0]])
+    cols = [x[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(3) for j in range(3)]
+    patches = tf.reshape(tf.concat(cols, axis=-1), [-1, b * ho * wo, 9 * c])
+    out = tf.matmul(patches, tf.reshape(w, [-1, 9 * c, w.shape[-1]]))
+    return tf.reshape(out, [-1, b, ho, wo, w.shape[-1]])
 
 
 def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: bool,
@@ -97,10 +159,17 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
     ``max_pool=False``: stride-2 convolutions ('same' padding), the Omniglot model;
     ``max_pool=True``: stride-1 convolutions followed by 2x2 max-pooling, the miniImageNet model.
     """
-    size = image_size
+    size, cin, flops, activations = image_size, channels, 0, image_size**2 * channels
     for _ in range(blocks):
-        size = size // 2 if max_pool else -(-size // 2)
+        conv_size = size if max_pool else -(-size // 2)
+        flops += 2 * conv_size**2 * 9 * cin * filters
+        activations += conv_size**2 * (9 * cin + filters)  # im2col patches and the output
+        size = size // 2 if max_pool else conv_size
+        activations += size**2 * filters if max_pool else 0
+        cin = filters
     features = size * size * filters
+    flops += 2 * features * ways
+    activations += ways
 
     def init(rng: np.random.Generator) -> dict[str, np.ndarray]:
         params = {}
@@ -124,8 +193,22 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
         h = tf.reshape(h, [tf.shape(h)[0], features])
         return tf.matmul(h, params["dense/w"]) + params["dense/b"]
 
+    def batched(params: Params, x: tf.Tensor) -> tf.Tensor:
+        b = x.shape[1]
+        h = x
+        for i in range(blocks):
+            h = conv3x3_batched(h, params[f"conv{i}/w"], 1 if max_pool else 2)
+            scale, offset = (params[f"bn{i}/{k}"][:, None, None, None] for k in ("scale", "offset"))
+            h = tf.nn.relu(batch_norm(h, scale, offset, axes=(1, 2, 3)))
+            if max_pool:
+                h = tf.nn.max_pool2d(tf.reshape(h, [-1, *h.shape[2:]]), 2, 2, "VALID")
+                h = tf.reshape(h, [-1, b, *h.shape[1:]])
+        h = tf.reshape(h, [-1, b, features])
+        return tf.matmul(h, params["dense/w"]) + params["dense/b"][:, None]
+
     name = f"conv4-{filters}{'-maxpool' if max_pool else '-stride2'}"
-    return Model(name, init, apply, classification=True)
+    return Model(name, init, apply, classification=True, batched=batched, flops=flops,
+                 activations=activations)
 
 
 def for_config(cfg) -> Model:

@@ -27,9 +27,10 @@ def load_runs(runs: list[str | Path]) -> pd.DataFrame:
             raise ReportError(f"{run}: not a run folder (no config.yaml); train it first")
         cfg = yaml.safe_load(cfg_file.read_text())
         info_file = run / "run.json"
-        status = (yaml.safe_load(info_file.read_text()) or {}).get("status", "unknown") \
-            if info_file.exists() else "unknown"
-        rows.append({**{k: cfg.get(k) for k in SETTINGS}, "run": str(run), "status": status})
+        info = (yaml.safe_load(info_file.read_text()) or {}) if info_file.exists() else {}
+        rows.append({**{k: cfg.get(k) for k in SETTINGS}, "run": str(run),
+                     "status": info.get("status", "unknown"),
+                     "code": f"dmaml {info.get('dmaml', '?')} (git {info.get('git', '?')})"})
     if not rows:
         raise ReportError("no run folders given")
     return pd.DataFrame(rows)
@@ -41,9 +42,9 @@ def metrics(run: str | Path) -> pd.DataFrame:
 
 
 def describe(runs: pd.DataFrame) -> str:
-    """One line naming the settings shared by ``runs`` and those that vary."""
+    """One line naming the settings shared by ``runs``, those that vary, and the code version."""
     fixed, varying = [], []
-    for key in SETTINGS:
+    for key in [*SETTINGS, "code"]:
         values = sorted({str(v) for v in runs[key]})
         (fixed if len(values) == 1 else varying).append(
             f"{key}={values[0]}" if len(values) == 1 else f"{key} in {{{', '.join(values)}}}")

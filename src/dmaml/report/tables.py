@@ -88,8 +88,9 @@ def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -
     metric = table["metric"].iloc[0]
     all_seeds = sorted(set(runs["seed"]))
     lines += ["", f"Cells: test {metric}, mean ± 95% CI over {table['tasks'].iloc[0]} test tasks, "
-              f"of the seed (of {all_seeds}) with the best validation score after the last step. "
-              "† the run diverged.", "", f"Configuration: {describe(runs)}."]
+              f"of the seed (of {all_seeds}) with the best validation score after the last step."
+              + (" † the run diverged." if (table["status"] == "diverged").any() else ""), "",
+              f"Configuration: {describe(runs)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,407 @@
+"""A private one-node SLURM cluster on this machine, for tests: munge, slurmctld and slurmd on
+127.0.0.1, started as root without systemd (recipe: ../shared/docs/slurm-local.md).
+
+Every file (key, sockets, state, logs, pid files, slurm.conf) lives in one short temporary
+folder, the daemons listen on ports of their own, and they are stopped by the pids in their pid
+files, each checked against its command line first; nothing is ever killed by name. The only file
+outside the folder is the symlink ``/etc/slurm/slurm.conf`` -> the folder's config, needed because
+the Snakemake jobstep plugin strips SLURM_CONF before its inner ``srun``; it is made only where no
+other file is there, and removed again at the end. A lock file lets one such cluster run at a
+time on the machine; a cluster whose owner died (its folder still there, its daemons still up) is
+stopped by the next one.
+
+From Python::
+
+    with LocalSlurm() as cluster:
+        subprocess.run(["sbatch", "--wrap", "hostname"], env=cluster.env, check=True)
+
+From a shell, a command inside a cluster started for it, and stopped when it ends::
+
+    python tests/slurm/local_cluster.py -- sinfo
+    python tests/slurm/local_cluster.py --stop /tmp/dmaml-slurm-XXXX   # leftovers of a killed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+PROGRAMS = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel"]
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+LOCK = Path(tempfile.gettempdir()) / "dmaml-local-slurm.lock"
+PREFIX = "dmaml-slurm-"
+MARKER = "# dmaml local_cluster"
+# (daemon, pid file in the folder), stopped in this order
+DAEMONS = [("slurmd", "run/slurmd.pid"), ("slurmctld", "run/slurmctld.pid"),
+           ("munged", "run/munged.pid")]
+
+
+class ClusterUnavailable(RuntimeError):
+    """This machine cannot run the private cluster (not root, hostname not on loopback, packages
+    missing, a SLURM configuration of someone else's in /etc/slurm)."""
+
+
+class ClusterError(RuntimeError):
+    """A daemon did not start or did not answer in time."""
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run the cluster, or None when it can (packages aside)."""
+    if os.geteuid() != 0:
+        return "the local SLURM cluster needs root (its daemons run as root, without systemd)"
+    host = socket.gethostname().split(".")[0]
+    try:
+        address = socket.gethostbyname(host)
+    except OSError as e:
+        return f"hostname {host!r} does not resolve ({e}); the one-node cluster needs it on 127.0.0.1"
+    if not address.startswith("127."):
+        return (f"hostname {host!r} resolves to {address}, not to loopback; the one-node cluster "
+                "must not listen or be reached on another address")
+    return None
+
+
+def missing_programs() -> list[str]:
+    return [p for p in PROGRAMS if shutil.which(p) is None]
+
+
+def install_packages(timeout: int = 600) -> None:
+    """apt-get install the SLURM and munge packages when some program is missing (as root)."""
+    if not missing_programs():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ClusterUnavailable(f"SLURM programs missing ({', '.join(missing_programs())}) and "
+                                 "no apt-get as root to install them: apt-get install "
+                                 + " ".join(PACKAGES))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+        try:
+            done = subprocess.run(["timeout", "-k", "10", str(timeout), *cmd], env=env,
+                                  capture_output=True, text=True)
+        except OSError as e:
+            raise ClusterUnavailable(f"{' '.join(cmd)}: {e}") from None
+        if done.returncode != 0:
+            raise ClusterUnavailable(f"{' '.join(cmd)} failed ({done.returncode}): "
+                                     f"{(done.stderr or done.stdout)[-1000:]}")
+    if missing_programs():
+        raise ClusterUnavailable(f"still missing after apt-get: {', '.join(missing_programs())}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def memory_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise ClusterError("no MemTotal in /proc/meminfo")
+
+
+def pid_of(folder: Path, daemon: str, pid_file: str) -> int | None:
+    """The pid in a daemon's pid file, if that process is alive and is this folder's daemon
+    (its command line names the daemon and a path in the folder)."""
+    try:
+        pid = int((folder / pid_file).read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return None
+    args = cmdline.split("\0")
+    if Path(args[0]).name == daemon and str(folder) in cmdline:
+        return pid
+    return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_for(what: str, check, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise ClusterError(f"{what} (waited {timeout:.0f} s){tail}")
+
+
+class LocalSlurm:
+    """munge + slurmctld + slurmd on 127.0.0.1 with every file in ``folder``, a new short
+    temporary folder removed at the end. ``env`` is the environment for SLURM commands
+    (SLURM_CONF set)."""
+
+    def __init__(self, lock_timeout: float = 600, start_timeout: float = 60):
+        self.folder: Path | None = None
+        self.lock_timeout = lock_timeout
+        self.start_timeout = start_timeout
+        self.host = socket.gethostname().split(".")[0]
+        self._lock: int | None = None  # file descriptor of LOCK, held while the cluster runs
+        self._linked = False
+
+    # --- paths --------------------------------------------------------------------------------
+    @property
+    def conf(self) -> Path:
+        return self.folder / "slurm.conf"
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "run" / "munge.socket.2"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, SLURM_CONF=str(self.conf))
+
+    # --- start and stop -----------------------------------------------------------------------
+    def __enter__(self) -> LocalSlurm:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        reason = unavailable_reason()
+        if reason:
+            raise ClusterUnavailable(reason)
+        self._take_lock()
+        try:
+            self._claim_system_conf()
+            self.folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir="/tmp"))
+            self._write_files()
+            self._link_system_conf()
+            self._start_munge()
+            self._start_slurm()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Cancel this cluster's jobs, stop its daemons by their pid files, remove the symlink
+        and the folder. Safe to call twice."""
+        try:
+            if self.folder is not None and self.folder.exists():
+                stop_cluster(self.folder)
+        finally:
+            if self._linked and SYSTEM_CONF.is_symlink() and \
+                    Path(os.readlink(SYSTEM_CONF)) == self.conf:
+                SYSTEM_CONF.unlink()
+            self._linked = False
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder = None
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
+
+    def _take_lock(self) -> None:
+        self._lock = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self._lock)
+                    self._lock = None
+                    raise ClusterError(f"another local SLURM cluster held {LOCK} for "
+                                       f"{self.lock_timeout:.0f} s; one runs at a time") from None
+                time.sleep(1)
+
+    def _claim_system_conf(self) -> None:
+        """Make /etc/slurm/slurm.conf free for our symlink: stop a dead owner's cluster that it
+        still points to (we hold the lock, so its owner is gone); refuse anyone else's file."""
+        if not SYSTEM_CONF.is_symlink():
+            if SYSTEM_CONF.exists():
+                raise ClusterUnavailable(f"{SYSTEM_CONF} is this machine's own SLURM configuration;"
+                                         " the private cluster will not replace it")
+            return
+        target = Path(os.readlink(SYSTEM_CONF))
+        folder = target.parent
+        if not (target.name == "slurm.conf" and folder.name.startswith(PREFIX)):
+            raise ClusterUnavailable(f"{SYSTEM_CONF} links to {target}, not to a private cluster "
+                                     "of this script; it will not be replaced")
+        if folder.exists():
+            stop_cluster(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        SYSTEM_CONF.unlink()
+
+    def _link_system_conf(self) -> None:
+        SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(self.conf, SYSTEM_CONF)
+        self._linked = True
+
+    def _write_files(self) -> None:
+        f = self.folder
+        for sub, mode in (("munge", 0o700), ("run", 0o755), ("log", 0o755), ("state", 0o700),
+                          ("spool", 0o755)):
+            (f / sub).mkdir(mode=mode, exist_ok=True)
+            os.chmod(f / sub, mode)
+        os.chmod(f, 0o755)
+        cpus = os.cpu_count() or 1
+        memory = max(memory_mib() - 1024, 1024)
+        node = self.host
+        self.conf.write_text(f"""{MARKER}: a private one-node cluster, removed when it stops
+ClusterName=dmaml
+SlurmctldHost={node}(127.0.0.1)
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={self.socket}
+StateSaveLocation={f}/state
+SlurmdSpoolDir={f}/spool
+SlurmctldPidFile={f}/run/slurmctld.pid
+SlurmdPidFile={f}/run/slurmd.pid
+SlurmctldLogFile={f}/log/slurmctld.log
+SlurmdLogFile={f}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+ReturnToService=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
+SchedulerParameters=batch_sched_delay=0,sched_interval=1
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MinJobAge=600
+MailProg=/bin/true
+NodeName={node} NodeAddr=127.0.0.1 NodeHostname={node} CPUs={cpus} RealMemory={memory} State=UNKNOWN
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+""")
+
+    def _run(self, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
+        return subprocess.run(["timeout", "-k", "5", str(timeout), *cmd], env=self.env,
+                              capture_output=True, text=True)
+
+    def _start_munge(self) -> None:
+        f = self.folder
+        key = f / "munge" / "munge.key"
+        done = self._run("mungekey", "--create", f"--keyfile={key}")
+        if done.returncode != 0:
+            raise ClusterError(f"mungekey: {done.stderr}")
+        os.chmod(key, 0o600)
+        done = self._run("munged", f"--socket={self.socket}", f"--key-file={key}",
+                         f"--pid-file={f}/run/munged.pid", f"--log-file={f}/log/munged.log",
+                         f"--seed-file={f}/munge/munged.seed")
+        if done.returncode != 0:
+            raise ClusterError(f"munged: {done.stderr}{done.stdout}")
+
+        def answers() -> bool:
+            cred = self._run("munge", f"--socket={self.socket}", "-n")
+            return cred.returncode == 0 and subprocess.run(
+                ["unmunge", f"--socket={self.socket}"], input=cred.stdout, capture_output=True,
+                text=True, timeout=10).returncode == 0
+
+        wait_for("munged does not answer", answers, self.start_timeout, f / "log/munged.log")
+
+    def _start_slurm(self) -> None:
+        f = self.folder
+        done = self._run("slurmctld", "-f", str(self.conf))
+        if done.returncode != 0:
+            raise ClusterError(f"slurmctld: {done.stderr}{done.stdout}")
+        wait_for("slurmctld is not UP", lambda: "UP" in self._run("scontrol", "ping").stdout,
+                 self.start_timeout, f / "log/slurmctld.log")
+        done = self._run("slurmd", "-f", str(self.conf), "-N", self.host)
+        if done.returncode != 0:
+            raise ClusterError(f"slurmd: {done.stderr}{done.stdout}")
+        wait_for("the node is not idle",
+                 lambda: self._run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle",
+                 self.start_timeout, f / "log/slurmd.log")
+
+    # --- for tests ----------------------------------------------------------------------------
+    def jobs(self) -> list[dict[str, str]]:
+        """This cluster's jobs: id, state, name and comment (as the Snakemake plugin sets them)."""
+        done = self._run("squeue", "-h", "-o", "%i|%T|%j|%k")
+        if done.returncode != 0:
+            raise ClusterError(f"squeue: {done.stderr}")
+        rows = [line.split("|", 3) for line in done.stdout.splitlines() if line.strip()]
+        return [dict(zip(("id", "state", "name", "comment"), r)) for r in rows]
+
+
+def stop_cluster(folder: Path, timeout: float = 30) -> None:
+    """Cancel the jobs of the cluster in ``folder`` and stop its daemons (by pid file)."""
+    conf = folder / "slurm.conf"
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    if conf.exists() and pid_of(folder, "slurmctld", "run/slurmctld.pid"):
+        def queue() -> list[str]:
+            done = subprocess.run(["timeout", "-k", "5", "10", "squeue", "-h", "-o", "%i"],
+                                  env=env, capture_output=True, text=True)
+            return done.stdout.split() if done.returncode == 0 else []
+
+        def empty() -> bool:
+            done = subprocess.run(["timeout", "-k", "5", "10", "squeue", "-h", "-t", "active",
+                                   "-o", "%i"], env=env, capture_output=True, text=True)
+            return done.returncode != 0 or not done.stdout.strip()
+
+        ids = queue()
+        if ids:
+            subprocess.run(["timeout", "-k", "5", "10", "scancel", *ids], env=env,
+                           capture_output=True)
+            with contextlib.suppress(ClusterError):
+                wait_for("jobs still active", empty, timeout)
+    for daemon, pid_file in DAEMONS:
+        pid = pid_of(folder, daemon, pid_file)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if alive(pid) and pid_of(folder, daemon, pid_file) == pid:
+            os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stop", type=Path, metavar="FOLDER",
+                        help="stop the leftover cluster of a killed run in FOLDER and remove it")
+    parser.add_argument("command", nargs="*", help="command to run inside the cluster")
+    args = parser.parse_args(argv)
+    if args.stop:
+        if not args.stop.name.startswith(PREFIX):
+            parser.error(f"{args.stop} is not a folder of this script ({PREFIX}*)")
+        stop_cluster(args.stop)
+        if SYSTEM_CONF.is_symlink() and Path(os.readlink(SYSTEM_CONF)).parent == args.stop:
+            SYSTEM_CONF.unlink()
+        shutil.rmtree(args.stop, ignore_errors=True)
+        return 0
+    if not args.command:
+        parser.error("give a command to run inside the cluster (e.g. -- sinfo)")
+    try:
+        with LocalSlurm() as cluster:
+            print(f"local SLURM cluster in {cluster.folder} (SLURM_CONF={cluster.conf})",
+                  file=sys.stderr)
+            return subprocess.run(args.command, env=cluster.env).returncode
+    except ClusterUnavailable as e:
+        print(f"cannot start the local SLURM cluster: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
