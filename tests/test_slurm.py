@@ -46,6 +46,8 @@ experiments:
 """
 STEPS = 60
 CANCELLED = "table2/omniglot-5w1s-n2-m1-t8-mean-mean/seed0"  # the run whose job is cancelled
+# its SLURM job's comment, as the plugin writes it: the rule, then the wildcard values
+CANCELLED_COMMENT = "rule_train_dmaml_wildcards_table2_omniglot_5_1_2_1_8_mean_mean_0"
 SLURM_LIMIT = 420  # seconds; about 150 when all is well
 LOCAL_LIMIT = 300  # about 90
 
@@ -95,8 +97,8 @@ def finished(proc: subprocess.Popen, out: Path, what: str) -> str:
 
 def cancel_when_checkpointed(cluster: LocalSlurm, proc: subprocess.Popen, out: Path,
                              run: Path) -> str:
-    """Once the training in ``run`` has written checkpoints/latest.npz, `scancel` its job (the
-    only training job running: n = 2 takes both cores). Returns the cancelled job's id."""
+    """Once the training in ``run`` has written checkpoints/latest.npz, `scancel` its job.
+    Returns the cancelled job's id."""
     latest = run / "checkpoints" / "latest.npz"
     deadline = time.monotonic() + SLURM_LIMIT
     while not latest.exists():
@@ -104,8 +106,9 @@ def cancel_when_checkpointed(cluster: LocalSlurm, proc: subprocess.Popen, out: P
                                      + out.read_text()[-6000:])
         assert time.monotonic() < deadline, f"no {latest} in {SLURM_LIMIT} s"
         time.sleep(0.2)
-    running = [j for j in cluster.jobs() if j["state"] == "RUNNING" and "train_dmaml" in j["comment"]]
-    assert len(running) == 1, running
+    jobs = cluster.jobs()
+    running = [j for j in jobs if j["state"] == "RUNNING" and j["comment"] == CANCELLED_COMMENT]
+    assert len(running) == 1, f"no running job {CANCELLED_COMMENT} among {jobs}"
     subprocess.run(["timeout", "-k", "5", "20", "scancel", running[0]["id"]], env=cluster.env,
                    check=True)
     return running[0]["id"]

@@ -3,11 +3,14 @@ to end on real Omniglot (generated Omniglot-format zips where ../shared/data is 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +71,8 @@ def test_every_target_plans(workflow, target, trainings):
 def test_table5_needs_a_miniimagenet_source(workflow):
     result = snakemake(workflow, "-n", "table5")
     assert result.returncode != 0 and "miniimagenet: {source: PATH}" in result.stdout + result.stderr
-    jobs = planned(snakemake(workflow, "-n", "table5", "--config", "miniimagenet={source: /data}"))
+    jobs = planned(snakemake(workflow, "-n", "table5", "--config",
+                             f"miniimagenet={{source: {workflow}}}"))
     assert jobs["train_dmaml"] == 2 * 6 * 3
 
 
@@ -108,3 +112,46 @@ def test_quick_preset_end_to_end(tmp_path):
     figures.write_text(figures.read_text().replace('"font.size": 10', '"font.size": 11'))
     jobs = planned(snakemake(flow, "-n", "table2", "fig3", *config))
     assert "train_dmaml" not in jobs and jobs["plot_figure"] == 1
+
+
+SMALL_TABLE1 = ["--config", "train={steps: 600, eval_every: 20, val_tasks: 5, test_tasks: 50}",
+                "experiments={table1: {workers: [1, 2], seeds: [0, 1], test_shots: [5]}}"]
+
+
+@pytest.mark.slow
+def test_interrupted_workflow_finishes_with_the_same_table(tmp_path):
+    """Snakemake stopped (SIGINT) mid-training, then the same command with --rerun-incomplete:
+    the table equals an uninterrupted run's and no finished training runs again."""
+    whole = copy_workflow(tmp_path / "whole")
+    done = snakemake(whole, "table1", *SMALL_TABLE1)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    flow = copy_workflow(tmp_path / "flow")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "table1",
+                             *SMALL_TABLE1], cwd=flow, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    runs = flow / "results/runs/table1"
+    deadline = time.time() + 300
+    finished = []
+    while time.time() < deadline:
+        states = {p.parent: json.loads(p.read_text())["status"] for p in runs.rglob("run.json")}
+        finished = [r for r, s in states.items() if s == "finished"]
+        if finished and any(s == "running" and (r / "checkpoints/latest.npz").exists()
+                            for r, s in states.items()):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("no moment with one run finished and another under way")
+    stamps = {r: (r / "run.json").stat().st_mtime_ns for r in finished}
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert not (flow / "results/tables/table1.csv").exists()
+
+    again = snakemake(flow, "table1", *SMALL_TABLE1, "--rerun-incomplete")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {r: (r / "run.json").stat().st_mtime_ns for r in finished} == stamps
+    resumed = [p for p in (flow / "logs/train_dmaml").rglob("*.log") if "resuming" in p.read_text()]
+    assert resumed, "the interrupted training resumes from its checkpoint"
+    assert (flow / "results/tables/table1.csv").read_text() == (
+        whole / "results/tables/table1.csv").read_text()

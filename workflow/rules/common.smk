@@ -11,10 +11,12 @@ from dmaml.errors import ConfigError
 
 
 def parse_nested(values):
-    """`--config "train={steps: 100}"` gives nested values as strings ('100', 'true'): read them
-    as YAML, as the config file is read, before checking the types (paths stay strings)."""
-    for key, value in values.items():
-        if isinstance(value, dict):
+    """`--config "train={steps: 100, seeds: [0]}"` gives nested values as strings ('100', '0'):
+    read them as YAML, as the config file is read, before checking the types (paths stay
+    strings)."""
+    items = values.items() if isinstance(values, dict) else enumerate(values)
+    for key, value in items:
+        if isinstance(value, (dict, list)):
             parse_nested(value)
         elif isinstance(value, str) and key != "source":
             values[key] = yaml.safe_load(value)
