@@ -76,10 +76,16 @@ def test_table5_needs_a_miniimagenet_source(workflow):
     assert jobs["train_dmaml"] == 2 * 6 * 3
 
 
-def test_a_wrong_setting_stops_before_any_job(workflow):
-    result = snakemake(workflow, "-n", "table2", "--config", "train={alpha: -1}")
-    assert result.returncode != 0
-    assert "experiments.table1: alpha: must be a positive number" in result.stdout + result.stderr
+@pytest.mark.parametrize("override, message", [
+    ("train={alpha: -1}", "experiments.table1: alpha: must be a positive number, got -1"),
+    ("train={steps: many}", "On instance['train']['steps']"),
+    ("experiments={table2: {alpah: 0.1}}", "experiments.table2: unknown key(s) ['alpah']"),
+    ("train={engine: gpu}", "'gpu' is not one of"),
+])
+def test_a_wrong_setting_stops_before_any_job(workflow, override, message):
+    result = snakemake(workflow, "-n", "table2", "--config", override)
+    assert result.returncode != 0 and "Job stats" not in result.stdout
+    assert message in result.stdout + result.stderr
 
 
 @pytest.mark.slow

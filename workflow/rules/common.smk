@@ -165,6 +165,14 @@ def run_flags(wildcards):
 
 def check_experiments():
     """Check every run's settings now, so that a wrong value stops the workflow before any job."""
+    known = set(RUN_FIELDS) | set(GRID) | REPORT_KEYS
+    sections = {"train": config["train"], **{f"experiments.{k}": v
+                                             for k, v in config["experiments"].items()}}
+    for where, values in sections.items():
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise WorkflowError(f"config.yaml, {where}: unknown key(s) {unknown}; known keys are "
+                                f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}")
     for name in config["experiments"]:
         for wildcards in runs(name):
             try:
