@@ -134,3 +134,20 @@ def test_full_disk_on_checkpoint_write(tmp_path):
     assert not list((out / "checkpoints").glob(".*tmp*"))
     subprocess.run([*base, *flags], check=True, capture_output=True)
     assert rows(out / "metrics.csv")[-1]["step"] == "20"
+
+
+def test_diverged_run_is_kept_and_marked_in_the_table(tmp_path, caplog):
+    """The workflow trains with --diverged-ok: the job succeeds, run.json says diverged, the
+    metrics up to the divergence stay, and the table marks the run."""
+    from dmaml.cli import main
+    from dmaml.report import tables
+
+    common = ["train", "--dataset", "sine", "--steps", "40", "--eval_every", "10",
+              "--val_tasks", "3", "--test_tasks", "10", "--checkpoint_steps", "[10,40]"]
+    assert main([*common, "--out", str(tmp_path / "ok")]) == 0
+    bad = [*common, "--beta", "1e38", "--out", str(tmp_path / "bad")]
+    assert main(bad) == 2 and "the run diverged" in caplog.text
+    assert main([*bad, "--diverged-ok"]) == 0
+    assert '"status": "diverged"' in (tmp_path / "bad" / "run.json").read_text()
+    table, runs = tables.checkpoint_table([tmp_path / "bad"])
+    assert "†" in tables.markdown(table, "step", "T", runs)

@@ -19,7 +19,7 @@ import yaml
 from dmaml import __version__
 from dmaml.config import FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
-from dmaml.errors import ConfigError, TrainingInterrupted, UserError
+from dmaml.errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 
 log = logging.getLogger("dmaml")
 
@@ -92,7 +92,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config, _overrides(args))
     _set_threads(cfg.threads)
-    Learner(cfg, args.out).train()
+    try:
+        Learner(cfg, args.out).train()
+    except TrainingDiverged as e:
+        if not args.diverged_ok:
+            raise
+        log.error("%s", e)
+        log.warning("--diverged-ok: exiting 0; run.json records the divergence for the tables")
+        return 0
     log.info("done: %s", args.out)
     return 0
 
@@ -189,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "same --out, it resumes from the last checkpoint.")
     train.add_argument("--config", type=Path, help="run config YAML (keys as the flags below)")
     train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--diverged-ok", action="store_true",
+                       help="exit 0 when the run diverges (run.json says so and the tables mark "
+                            "it), so that a workflow goes on to report the other runs")
     add_run_flags(train)
     train.set_defaults(func=cmd_train)
 

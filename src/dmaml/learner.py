@@ -211,6 +211,11 @@ class Learner:
             return results
         where = f"step {s['step']}: worker(s) {bad} produced a non-finite loss or parameters"
         if self.cfg.on_divergence == "stop" or len(bad) == len(results):
+            # the last row of metrics.csv shows where: the non-finite training loss, no validation
+            self.metrics.append({"step": s["step"], "runs": s["step"] // self.cfg.steps_per_run,
+                                 "workers": len(results), "wall_s": round(s["elapsed"], 3),
+                                 "train_loss": float(np.mean([r.loss for r in results.values()])),
+                                 "dropped": len(bad)})
             self._write_run_json("diverged", s, diverged_at=s["step"])
             raise TrainingDiverged(f"{where}; the run diverged (metrics up to here are in "
                                    f"{self.out / 'metrics.csv'}): lower alpha or beta, or set "

@@ -21,4 +21,5 @@ rule train_dmaml:
     conda:
         "../../envs/dmaml.yaml"
     shell:
-        "python -m dmaml.cli train --out {params.out:q} {params.flags} --threads {threads} > {log} 2>&1"
+        "python -m dmaml.cli train --out {params.out:q} {params.flags} --threads {threads} "
+        "--diverged-ok > {log} 2>&1"

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from dmaml.report import SETTINGS, ReportError, describe, load_runs, metrics
 
@@ -28,7 +29,8 @@ def row_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
-    """For each row (see :func:`row_keys`), the run whose final validation score is best."""
+    """For each row (see :func:`row_keys`), the run whose final validation score is best; a run
+    that diverged is chosen only when every seed did."""
     chosen = []
     for _, group in runs.groupby(row_keys(runs), sort=True):
         scores = []
@@ -38,8 +40,9 @@ def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
                 raise ReportError(f"{run}: metrics.csv has no rows; the run has not validated yet")
             last = m.iloc[-1]
             scores.append(last["val_acc"] if "val_acc" in m else -last["val_loss"])
-        group = group.assign(final_val=scores)
-        chosen.append(group.loc[group["final_val"].idxmax()])
+        group = group.assign(final_val=scores, ok=group["status"] != "diverged")
+        chosen.append(group.sort_values(["ok", "final_val"], kind="stable",
+                                        na_position="first").iloc[-1])
     return pd.DataFrame(chosen).reset_index(drop=True)
 
 
@@ -49,9 +52,15 @@ def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataF
     keys = row_keys(runs)
     rows = []
     for _, best in best_seeds(runs).iterrows():
-        test = pd.read_csv(Path(best["run"]) / "test.csv")
-        if test.empty:
-            raise ReportError(f"{best['run']}: test.csv has no rows; set checkpoint_steps and "
+        run = Path(best["run"])
+        test = pd.read_csv(run / "test.csv")
+        if best["status"] == "diverged":  # no scores from the divergence on: empty cells
+            steps = yaml.safe_load((run / "config.yaml").read_text())["checkpoint_steps"]
+            missing = sorted(set(steps) - set(test["step"]))
+            test = pd.concat([test, pd.DataFrame({"step": missing, "tasks": 0})])
+            test["metric"] = "accuracy" if "val_acc" in metrics(run) else "mse"
+        elif test.empty:
+            raise ReportError(f"{run}: test.csv has no rows; set checkpoint_steps and "
                               "test_tasks > 0")
         for _, t in test.iterrows():
             rows.append({**{k: best[k] for k in keys}, "seed": best["seed"],
@@ -75,7 +84,8 @@ def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -
     """The paper's layout: a row per n, a column per ``column`` value, cells 'mean ± ci95'."""
     keys = [k for k in row_keys(runs) if k != column]
     table = table.sort_values([*keys, column])
-    cells = table.assign(cell=[f"{m:.3f} ± {c:.3f}" + (" †" if s == "diverged" else "")
+    cells = table.assign(cell=[("—" if pd.isna(m) else f"{m:.3f} ± {c:.3f}")
+                               + (" †" if s == "diverged" else "")
                                for m, c, s in zip(table["mean"], table["ci95"], table["status"])])
     wide = cells.pivot(index=keys, columns=column, values="cell")
     seeds = table.groupby(keys)["seed"].first()
@@ -87,9 +97,10 @@ def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -
         lines.append(f"| {values} ({seeds[index]}) | " + " | ".join(row.fillna("")) + " |")
     metric = table["metric"].iloc[0]
     all_seeds = sorted(set(runs["seed"]))
-    lines += ["", f"Cells: test {metric}, mean ± 95% CI over {table['tasks'].iloc[0]} test tasks, "
+    lines += ["", f"Cells: test {metric}, mean ± 95% CI over {table['tasks'].max()} test tasks, "
               f"of the seed (of {all_seeds}) with the best validation score after the last step."
-              + (" † the run diverged." if (table["status"] == "diverged").any() else ""), "",
+              + (" † the run diverged (— : no score after that)."
+                 if (table["status"] == "diverged").any() else ""), "",
               f"Configuration: {describe(runs)}."]
     return "\n".join(lines) + "\n"
 
