@@ -86,25 +86,30 @@ def _caption(title: str, runs: pd.DataFrame, what: str) -> str:
             f"each point is a validation over {tasks} fixed tasks. Configuration: {describe(runs)}.")
 
 
-def workers_figure(run_dirs, out: Path, max_step: int = 1000) -> None:
-    """Figure 3: validation score vs MAML steps for each n, with a cubic trend line."""
+def _one_panel(run_dirs, out: Path, keys: list[str], label: Callable[[tuple], str], title: str,
+               caption: str, note: str = "", **plot) -> None:
+    """A single-panel curves figure with its caption."""
     runs = load_runs(run_dirs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    plot_curves(ax, runs, ["workers"], lambda v: f"n = {v[0]}", max_step=max_step, trend=True)
-    ax.set_title("DMAML: validation during training by number of workers n")
-    save(fig, out, _caption("Figure 3: validation score over the first "
-                            f"{max_step} MAML steps for each number of workers n", runs,
-                            "Dashed: cubic polynomial fitted to the mean."))
+    plot_curves(ax, runs, keys, label, **plot)
+    ax.set_title(title)
+    save(fig, out, _caption(caption, runs, note))
+
+
+def workers_figure(run_dirs, out: Path, max_step: int = 1000) -> None:
+    """Figure 3: validation score vs MAML steps for each n, with a cubic trend line."""
+    _one_panel(run_dirs, out, ["workers"], lambda v: f"n = {v[0]}",
+               "DMAML: validation during training by number of workers n",
+               f"Figure 3: validation score over the first {max_step} MAML steps for each number "
+               "of workers n", "Dashed: cubic polynomial fitted to the mean.",
+               max_step=max_step, trend=True)
 
 
 def steps_per_run_figure(run_dirs, out: Path) -> None:
     """Figure 4: validation score vs MAML steps for each m (consecutive steps per run)."""
-    runs = load_runs(run_dirs)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    plot_curves(ax, runs, ["workers", "steps_per_run"], lambda v: f"n = {v[0]}, m = {v[1]}")
-    ax.set_title("DMAML: consecutive MAML steps per run m")
-    save(fig, out, _caption("Figure 4: validation score for m consecutive MAML steps per run",
-                            runs, ""))
+    _one_panel(run_dirs, out, ["workers", "steps_per_run"], lambda v: f"n = {v[0]}, m = {v[1]}",
+               "DMAML: consecutive MAML steps per run m",
+               "Figure 4: validation score for m consecutive MAML steps per run")
 
 
 def tasks_figure(run_dirs, out: Path) -> None:
@@ -126,11 +131,10 @@ def tasks_figure(run_dirs, out: Path) -> None:
 
 def split_figure(run_dirs, out: Path) -> None:
     """Figure 6: the same tasks per run split over workers (n x t constant)."""
-    runs = load_runs(run_dirs)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    plot_curves(ax, runs, ["workers", "tasks_per_step"], lambda v: f"n x t = {v[0]} x {v[1]}")
-    ax.set_title("The same tasks per run split over n workers of t tasks")
-    save(fig, out, _caption("Figure 6: n workers x t tasks per step, n x t constant", runs, ""))
+    _one_panel(run_dirs, out, ["workers", "tasks_per_step"],
+               lambda v: f"n x t = {v[0]} x {v[1]}",
+               "The same tasks per run split over n workers of t tasks",
+               "Figure 6: n workers x t tasks per step, n x t constant")
 
 
 def extrapolation_figure(prediction_files, out: Path) -> None:
