@@ -3,6 +3,10 @@
 The tasks of a split are drawn from ``task_rng(eval_seed, stream)``, so every run of a dataset
 setting is evaluated on the same tasks. The interval is ``1.96 * std / sqrt(tasks)`` with the
 population standard deviation, as in the original MAML code.
+
+Tasks are adapted and tested in batches (one XLA computation per batch, the model's ``batched``
+function), as many at once as fit in :data:`MEMORY_BUDGET`; the last batch is padded with copies
+of its first task so that one compiled shape serves every batch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import tensorflow as tf
 from dmaml import maml
 from dmaml.models import Model
 from dmaml.tasks import STREAMS, Sampler, task_rng
+
+MEMORY_BUDGET = 2**30  # bytes of activations one batch of evaluation tasks may hold
 
 
 @dataclass(frozen=True)
@@ -31,21 +37,37 @@ class Evaluator:
     """Evaluates parameters on ``tasks`` fixed tasks of one split after ``steps`` adaptation steps."""
 
     def __init__(self, model: Model, sampler: Sampler, split: str, tasks: int, eval_seed: int,
-                 alpha: float, steps: int):
+                 alpha: float, steps: int, batch: int | None = None):
+        """``batch``: tasks per compiled call (default: as many as fit in the memory budget)."""
         self.sampler, self.stream, self.count, self.seed = sampler, STREAMS[split], tasks, eval_seed
-        self.fn = maml.make_task_evaluator(model, alpha, steps)
+        self.fn = maml.make_batch_evaluator(model, alpha, steps)
+        self.model, self.batch = model, batch
+
+    def _batch_size(self, task) -> int:
+        # The support pass keeps its activations for the inner gradient (about three copies
+        # with the gradient's), the query pass is forward only.
+        examples = 3 * len(task[0]) + 2 * len(task[2])
+        size = MEMORY_BUDGET // max(1, 4 * self.model.activations * examples)
+        return int(min(max(size, 1), self.count))
 
     def __call__(self, params: dict[str, np.ndarray]) -> Score:
         # Tasks are drawn again on each call (same generator, same tasks): 600 miniImageNet tasks
         # would take gigabytes to keep.
         rng = task_rng(self.seed, self.stream)
-        results = np.array([[float(v) for v in self.fn(params, *self.sampler.sample(rng))]
-                            for _ in range(self.count)])
-        losses, metrics = results[:, 0], results[:, 1]
+        losses, metrics = [], []
+        while len(losses) < self.count:
+            first = self.sampler.sample(rng)
+            batch = self.batch or self._batch_size(first)
+            size = min(batch, self.count - len(losses))
+            tasks = [first, *(self.sampler.sample(rng) for _ in range(size - 1))]
+            tasks += [first] * (batch - size)
+            loss, metric = self.fn(params, *(np.stack(part) for part in zip(*tasks)))
+            losses += loss.numpy()[:size].tolist()
+            metrics += metric.numpy()[:size].tolist()
+        losses, metrics = np.array(losses, np.float64), np.array(metrics, np.float64)
         n = len(metrics)
         return Score(float(metrics.mean()), float(1.96 * metrics.std() / np.sqrt(n)),
                      float(losses.mean()), n)
-
 
 
 def extrapolation(model: Model, params: dict[str, np.ndarray], shots: int, alpha: float,

@@ -152,6 +152,18 @@ def conv3x3_batched(x: tf.Tensor, w: tf.Tensor, stride: int) -> tf.Tensor:
     return tf.reshape(out, [-1, b, ho, wo, w.shape[-1]])
 
 
+def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
+    """``tf.nn.max_pool2d(x, 2, 2, 'VALID')`` over the two axes before the last, of any rank.
+
+    The maximum of the window's four strided slices, taken in row-major order so that a tie goes
+    to the first element as in ``MaxPoolGrad``. Its gradients of every order are exact under XLA,
+    whose ``MaxPoolGradGrad`` (MAML's second order through pooling) rounds to 16 bits.
+    """
+    height, width = (x.shape[-3] // 2) * 2, (x.shape[-2] // 2) * 2
+    corner = [x[..., i:height:2, j:width:2, :] for i in range(2) for j in range(2)]
+    return tf.maximum(tf.maximum(corner[0], corner[1]), tf.maximum(corner[2], corner[3]))
+
+
 def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: bool,
           blocks: int = 4) -> Model:
     """Four blocks of [3x3 conv, batch norm, ReLU] and a dense layer to ``ways`` logits.
@@ -201,8 +213,7 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
             scale, offset = (params[f"bn{i}/{k}"][:, None, None, None] for k in ("scale", "offset"))
             h = tf.nn.relu(batch_norm(h, scale, offset, axes=(1, 2, 3)))
             if max_pool:
-                h = tf.nn.max_pool2d(tf.reshape(h, [-1, *h.shape[2:]]), 2, 2, "VALID")
-                h = tf.reshape(h, [-1, b, *h.shape[1:]])
+                h = max_pool_2x2(h)
         h = tf.reshape(h, [-1, b, features])
         return tf.matmul(h, params["dense/w"]) + params["dense/b"][:, None]
 

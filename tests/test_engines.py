@@ -1,0 +1,212 @@
+"""The vectorized and processes engines give the sequential engine's numbers, for every model.
+
+Exactness is checked in two layers. In float64, the stacked computation the vectorized engine
+compiles (many workers' parameters, each task an instance of the model's ``batched`` function,
+XLA) gives the per-task loop's meta-gradient to 1e-9: the same maths. In float32 the engines are
+compared end to end, where two amplifiers of round-off need tolerances that say so:
+
+- Adam moves a parameter by about ``beta * sign(g)`` however small ``g`` is, so a gradient
+  component within round-off of zero can step either way: parameters are compared tightly except
+  for a few elements, which must be within one Adam step (2 * beta) per MAML step.
+- A ReLU input within round-off of zero (here about once in three forward passes of the
+  miniImageNet model: 84x84 feature maps) is gated open in one float32 computation and shut in
+  another. The loss is continuous there, its gradient is not: that channel's batch-norm offset
+  gradient, and what flows below it, differ by a few percent of the layer's largest. The sequential
+  engine's own float32 result is then as far from float64 as the vectorized one. So Adam's moments
+  of that model are compared to 10% of the largest, and its inner rate is small so that a kink in
+  the inner gradient does not reach the loss.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dmaml import config, maml, models, optimizer
+from dmaml.engines import create
+from dmaml.engines.processes import ProcessesEngine, WorkerProcessError
+from dmaml.engines.sequential import SequentialEngine
+from dmaml.engines.vectorized import VectorizedEngine
+from dmaml.tasks import INIT, TRAIN, make_sampler, sample_batch, task_rng
+
+from .conftest import make_h5
+
+WORKERS = 3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engines")
+    return {"omniglot": make_h5(folder / "omniglot.h5", classes=8, per_class=4, size=28),
+            "miniimagenet": make_h5(folder / "miniimagenet.h5", classes=6, per_class=4, size=84,
+                                    channels=3)}
+
+
+def settings(dataset: str, data: dict, **overrides) -> config.RunConfig:
+    base = {"sine": {"steps_per_run": 2},
+            "omniglot": {"data": str(data.get("omniglot")), "ways": 3, "tasks_per_step": 3,
+                         "alpha": 0.1, "steps_per_run": 2},
+            "miniimagenet": {"data": str(data.get("miniimagenet")), "ways": 3, "queries": 2,
+                             "tasks_per_step": 2, "inner_steps": 1, "alpha": 1e-4}}[dataset]
+    return config.load(None, {"dataset": dataset, "workers": WORKERS, "beta": 1e-3, "steps": 4,
+                              "eval_every": 2, **base, **overrides})
+
+
+def start(cfg: config.RunConfig, n: int):
+    theta = models.for_config(cfg).init(task_rng(cfg.seed, INIT))
+    return theta, {w: optimizer.init(theta) for w in range(n)}
+
+
+def assert_same(results: dict, reference: dict, cfg: config.RunConfig) -> None:
+    kinks = 0.1 if cfg.dataset == "miniimagenet" else 2e-3  # see the module docstring
+    assert sorted(results) == sorted(reference)
+    for w, ref in reference.items():
+        got = results[w]
+        assert got.loss == pytest.approx(ref.loss, rel=1e-4), w
+        assert got.metric == pytest.approx(ref.metric, rel=1e-4, abs=1e-6), w
+        assert float(got.opt_state.t) == float(ref.opt_state.t)
+        for k, p in ref.params.items():
+            scale = np.abs(ref.opt_state.m[k]).max()
+            np.testing.assert_allclose(got.opt_state.m[k], ref.opt_state.m[k],
+                                       atol=kinks * scale, err_msg=f"worker {w} m {k}")
+            np.testing.assert_allclose(np.sqrt(got.opt_state.v[k]), np.sqrt(ref.opt_state.v[k]),
+                                       atol=kinks * scale, err_msg=f"worker {w} v {k}")
+            off = np.abs(got.params[k] - p)
+            assert off.max() <= 2 * cfg.beta * cfg.steps_per_run, (w, k, off.max())
+            assert np.sum(off > 1e-5) <= max(2, 0.01 * off.size), (w, k, np.sum(off > 1e-5))
+
+
+def _float64_setup(dataset: str, data: dict, n: int = 2, t: int = 2):
+    cfg = settings(dataset, data, tasks_per_step=t)
+    model = models.for_config(cfg)
+    sampler = make_sampler(cfg)
+    tasks = [sample_batch(sampler, task_rng(0, TRAIN, w, 0), t) for w in range(n)]
+    tasks = tuple(np.stack(part).astype(np.float64 if part[0].dtype == np.float32 else np.int32)
+                  for part in zip(*tasks))
+    params = [{k: v.astype(np.float64) for k, v in model.init(np.random.default_rng(w)).items()}
+              for w in range(n)]
+    return model, params, tasks
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("dataset", ["sine", "omniglot", "miniimagenet"])
+def test_stacked_meta_gradient_is_the_per_task_loop_in_float64(data, dataset, first_order):
+    """Two workers with different parameters, two tasks each, two inner steps (one for the
+    slow-to-compile miniImageNet model), under XLA."""
+    model, params, tasks = _float64_setup(dataset, data)
+    steps = 1 if dataset == "miniimagenet" else 2
+    stacked = tf.function(lambda p, *t: maml.meta_gradient_stacked(
+        model, p, t, 0.1, steps, first_order), jit_compile=True)
+    grads, losses, metrics = stacked({k: tf.constant(np.stack([p[k] for p in params]))
+                                      for k in params[0]}, *tasks)
+    for w, p in enumerate(params):
+        ref, loss, metric = maml.meta_gradient(
+            model, {k: tf.constant(v) for k, v in p.items()},
+            tuple(part[w] for part in tasks), 0.1, steps, first_order)
+        assert float(losses[w]) == pytest.approx(float(loss), rel=1e-12)
+        assert float(metrics[w]) == pytest.approx(float(metric), rel=1e-12)
+        for k, g in ref.items():
+            np.testing.assert_allclose(grads[k][w], g, rtol=1e-9, atol=1e-12 * np.abs(g).max())
+
+
+CASES = [("sine", False), ("sine", True), ("omniglot", False), ("omniglot", True),
+         ("miniimagenet", False)]
+
+
+@pytest.fixture(scope="module")
+def engines(data):
+    """Sequential and vectorized engines per (dataset, first_order), built once each."""
+    cache = {}
+
+    def get(dataset: str, first_order: bool):
+        if (dataset, first_order) not in cache:
+            cfg = settings(dataset, data, first_order=first_order)
+            cache[dataset, first_order] = cfg, SequentialEngine(cfg), VectorizedEngine(cfg)
+        return cache[dataset, first_order]
+
+    yield get
+    for _, sequential, vectorized in cache.values():
+        sequential.close()
+        vectorized.close()
+
+
+@pytest.mark.parametrize("n", [1, WORKERS])
+@pytest.mark.parametrize("dataset,first_order", CASES)
+def test_vectorized_equals_sequential(engines, dataset, first_order, n):
+    cfg, sequential, vectorized = engines(dataset, first_order)
+    theta, states = start(cfg, n)
+    assert_same(vectorized.run(theta, states, 4), sequential.run(theta, states, 4), cfg)
+
+
+def test_vectorized_continues_from_states_of_different_ages(engines):
+    """A run that continues from earlier states, with workers of different step counts (run as
+    separate stacks, since the stacked Adam update shares one count)."""
+    cfg, sequential, vectorized = engines("sine", False)
+    theta, states = start(cfg, WORKERS)
+    first = sequential.run(theta, states, 0)
+    states = {0: first[0].opt_state, 1: first[1].opt_state, 2: states[2]}
+    assert vectorized.chunks(states) == [[0, 1], [2]]
+    assert_same(vectorized.run(first[0].params, states, 2),
+                sequential.run(first[0].params, states, 2), cfg)
+
+
+def test_vectorized_splits_workers_that_do_not_fit(engines):
+    cfg, _, reference = engines("sine", False)
+    engine = VectorizedEngine(cfg, memory_budget=1)
+    theta, states = start(cfg, WORKERS)
+    assert engine.chunks(states) == [[0], [1], [2]]
+    assert_same(engine.run(theta, states, 0), reference.run(theta, states, 0), cfg)
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def processes(data):
+    """One processes engine per dataset (2 processes for 3 workers on 2 cores), shared."""
+    cache = {}
+
+    def get(dataset: str):
+        if dataset not in cache:
+            cfg = settings(dataset, data)
+            cache[dataset] = cfg, ProcessesEngine(cfg, processes=2)
+        return cache[dataset]
+
+    yield get
+    for _, engine in cache.values():
+        engine.close()
+
+
+@pytest.mark.parametrize("dataset,n", [("sine", 1), ("sine", WORKERS), ("omniglot", WORKERS),
+                                       ("miniimagenet", WORKERS)])
+def test_processes_equal_sequential(processes, engines, dataset, n):
+    """n = 1 only for one model: which workers take part is not the model's business, and each
+    new stack shape costs every process a compilation."""
+    cfg, engine = processes(dataset)
+    _, sequential, _ = engines(dataset, False)
+    theta, states = start(cfg, n)
+    assert_same(engine.run(theta, states, 4), sequential.run(theta, states, 4), cfg)
+    assert len(engine.last_compute) == min(n, 2)
+
+
+def test_killed_worker_process_is_a_clear_error(processes):
+    cfg, engine = processes("sine")
+    theta, states = start(cfg, WORKERS)
+    engine.run(theta, states, 0)
+    os.kill(engine.procs[1].pid, signal.SIGKILL)
+    with ThreadPoolExecutor(1) as pool:  # a hang fails the test instead of blocking it
+        future = pool.submit(engine.run, theta, states, 2)
+        with pytest.raises(WorkerProcessError, match=r"worker process 1 \(workers \[1\]\) died"):
+            future.result(timeout=120)
+    with pytest.raises(WorkerProcessError, match="closed"):
+        engine.run(theta, states, 2)
+
+
+def test_create_knows_every_local_engine(data):
+    for name, kind in (("sequential", SequentialEngine), ("vectorized", VectorizedEngine)):
+        engine = create(settings("sine", data, engine=name))
+        assert isinstance(engine, kind)
+        engine.close()
