@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from dmaml import __version__
+from dmaml.bench import add_command as add_bench_command
 from dmaml.config import FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
 from dmaml.errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     figure.set_defaults(func=cmd_figure)
 
     add_data_commands(sub)
+    add_bench_command(sub)
     return parser
 
 

@@ -65,7 +65,7 @@ class RunConfig:
     checkpoint_every: int | None = None  # resume checkpoint period; default eval_every
     seed: int = 0
     eval_seed: int = 1234  # fixes the validation and test tasks, shared by every run
-    engine: str = "sequential"
+    engine: str = "vectorized"  # SPEC section 6: the default on one machine
     threads: int = 0  # intra-op threads (0: TensorFlow's choice)
     on_divergence: str = "stop"  # stop | drop (leave a non-finite worker out of the merge)
 

@@ -144,7 +144,16 @@ def make_stacked_step(model: Model, alpha: float, inner_steps: int, beta: float,
 def make_batch_evaluator(model: Model, alpha: float, steps: int,
                          jit_compile: bool = True) -> Callable:
     """A compiled ``(params, xs, ys, xq, yq) -> (query losses, query metrics)`` for a batch of
-    tasks (arrays ``[T, ...]``) adapted from the same (unstacked) parameters; results ``[T]``."""
+    tasks (arrays ``[T, ...]``) adapted from the same (unstacked) parameters; results ``[T]``.
+    For a model whose tasks are better not batched (``Model.batch_tasks``), a loop over them."""
+    if not model.batch_tasks:
+        one = make_task_evaluator(model, alpha, steps)
+
+        def loop(params, *tasks):
+            results = [one(params, *(part[i] for part in tasks)) for i in range(len(tasks[0]))]
+            return tuple(tf.stack(r) for r in zip(*results))
+
+        return loop
 
     @tf.function(jit_compile=jit_compile)
     def evaluate(params, xs, ys, xq, yq):

@@ -53,6 +53,10 @@ class Model:
     # outputs in ``batched`` (the basis of the engines' memory estimates).
     flops: int = 0
     activations: int = 0
+    # Whether many tasks as one ``batched`` computation beat a loop over tasks with native
+    # convolutions. Not for 84x84 feature maps: there the im2col patches cost more memory traffic
+    # than batching saves (measured: see the vectorized engine).
+    batch_tasks: bool = True
 
     def example_losses(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """The loss of each example: softmax cross-entropy or squared error (mean over outputs)."""
@@ -219,7 +223,7 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
 
     name = f"conv4-{filters}{'-maxpool' if max_pool else '-stride2'}"
     return Model(name, init, apply, classification=True, batched=batched, flops=flops,
-                 activations=activations)
+                 activations=activations, batch_tasks=not max_pool)
 
 
 def for_config(cfg) -> Model:

@@ -1,5 +1,6 @@
 import itertools
 import json
+import shlex
 from pathlib import Path
 
 import yaml
@@ -200,6 +201,31 @@ def train_runtime(wildcards):
 def train_mem(wildcards):
     base = {"sine": 1500, "omniglot": 3000, "miniimagenet": 6000}[wildcards.dataset]
     return base + 100 * int(wildcards.workers)
+
+
+# `engine: cluster`: the run's workers are Ray actors, launched by workflow/scripts/ray_srun.sh
+# (a local Ray instance outside SLURM). With `cluster_nodes: K` > 1 its SLURM job spans K nodes
+# (threads and mem_mb per node) and starts one Ray node per node with its own srun (mpi);
+# resources left None are unset, so other engines keep one job on one node.
+
+
+def cluster_engine(wildcards):
+    return settings(wildcards.experiment).get("engine") == "cluster"
+
+
+def cluster_nodes(wildcards):
+    nodes = config.get("cluster_nodes", 1)
+    return nodes if cluster_engine(wildcards) and nodes > 1 else None
+
+
+def cluster_mpi(wildcards):
+    return "srun" if cluster_nodes(wildcards) else None
+
+
+def train_launcher(wildcards):
+    if not cluster_engine(wildcards):
+        return ""
+    return f"bash {shlex.quote(str(Path(workflow.basedir, 'workflow/scripts/ray_srun.sh')))} "
 
 
 check_experiments()

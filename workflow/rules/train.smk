@@ -10,6 +10,7 @@ rule train_dmaml:
     params:
         flags=run_flags,
         out=lambda wildcards, output: Path(output[0]).parent,
+        launcher=train_launcher,
     log:
         f"logs/train_dmaml/{RUN_ID}.log",
     benchmark:
@@ -18,8 +19,11 @@ rule train_dmaml:
     resources:
         mem_mb=train_mem,
         runtime=train_runtime,
+        nodes=cluster_nodes,
+        tasks=cluster_nodes,
+        mpi=cluster_mpi,
     conda:
         "../../envs/dmaml.yaml"
     shell:
-        "python -m dmaml.cli train --out {params.out:q} {params.flags} --threads {threads} "
-        "--diverged-ok > {log} 2>&1"
+        "{params.launcher}python -m dmaml.cli train --out {params.out:q} {params.flags} "
+        "--threads {threads} --diverged-ok > {log} 2>&1"

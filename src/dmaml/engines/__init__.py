@@ -49,4 +49,12 @@ def create(cfg: RunConfig) -> Engine:
     if cfg.engine == "sequential":
         from dmaml.engines.sequential import SequentialEngine
         return SequentialEngine(cfg)
-    raise NotImplementedError(f"engine: '{cfg.engine}' is not available yet; use 'sequential'")
+    if cfg.engine == "vectorized":
+        from dmaml.engines.vectorized import VectorizedEngine
+        return VectorizedEngine(cfg)
+    if cfg.engine == "processes":
+        from dmaml.engines.processes import ProcessesEngine
+        return ProcessesEngine(cfg)
+    from dmaml.engines.cluster import ClusterEngine  # config.py admits no other name
+
+    return ClusterEngine(cfg)

@@ -74,8 +74,8 @@ class Slots:
         return out
 
 
-def _process_main(cfg: RunConfig, threads: int, layout: Layout, theta_name: str, slots_name: str,
-                  workers: list[int], conn: Connection) -> None:
+def _process_main(cfg: RunConfig, processes: int, threads: int, layout: Layout, theta_name: str,
+                  slots_name: str, workers: list[int], conn: Connection) -> None:
     """A worker process: build the vectorized engine, then serve runs until told to close."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
@@ -83,9 +83,9 @@ def _process_main(cfg: RunConfig, threads: int, layout: Layout, theta_name: str,
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        from dmaml.engines.vectorized import VectorizedEngine
+        from dmaml.engines.vectorized import MEMORY_BUDGET, VectorizedEngine
 
-        engine = VectorizedEngine(cfg)
+        engine = VectorizedEngine(cfg, MEMORY_BUDGET // processes)  # the processes share it
         theta_shm, slots_shm = SharedMemory(theta_name), SharedMemory(slots_name)
         theta = Slots(theta_shm, layout, 1)
         # Each worker has three consecutive slots: parameters, first and second moments.
@@ -149,7 +149,7 @@ class ProcessesEngine(Engine):
         parent, child = self.context.Pipe()
         proc = self.context.Process(
             target=_process_main, name=f"dmaml-worker-{p}", daemon=True,
-            args=(self.cfg, self.threads, self.layout, self.theta_shm.name,
+            args=(self.cfg, self.count, self.threads, self.layout, self.theta_shm.name,
                   self.slot_shms[p].name, self.workers[p], child))
         proc.start()
         child.close()  # else the parent's copy keeps the pipe open and a dead child goes unseen

@@ -4,21 +4,25 @@ The n workers' parameters and Adam moments are stacked along a leading worker ax
 every worker is one instance of the model's ``batched`` function, and one compiled call
 (:func:`dmaml.maml.make_stacked_step`) makes one MAML step of all of them. Convolutions with a
 kernel per instance are im2col plus a batched matmul (``models.conv3x3_batched``); batch norm takes
-its moments per instance. Per MAML step this costs one kernel launch sequence instead of n x t, and
-XLA fuses batch norm's element-wise ops, which dominate the per-task loop of the sequential engine.
+its moments per instance. Per MAML step this is one launch sequence instead of n x t small ones,
+and XLA fuses batch norm's element-wise ops, which dominate the per-task loop of the sequential
+engine on small images.
 
-Workers that do not fit in ``memory_budget`` together are run in consecutive chunks of equal size
-(miniImageNet with 75 query images per task needs about a gigabyte per worker). While one chunk
-computes, a thread draws the tasks of the next (tasks are pure functions of their seed, so the
-order of drawing changes nothing).
+Where batching does not pay (``Model.batch_tasks`` false: the miniImageNet model, whose 84x84
+feature maps make the im2col patches cost more memory traffic than they save; measured 2.6 s
+against 1.5 s per MAML step), the engine runs each worker's step as the sequential engine does,
+with native convolutions.
+
+Workers that do not fit in ``memory_budget`` together are run in consecutive chunks of equal size.
+While one chunk computes, a thread draws the tasks of the next (tasks are pure functions of their
+seed, so the order of drawing changes nothing).
 
 The numbers equal the sequential engine's to float32 round-off: the same maths, with sums taken in
-another order.
+another order (tests/test_engines.py says how close, and why no closer).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,10 +32,9 @@ import tensorflow as tf
 from dmaml import maml, models, optimizer
 from dmaml.config import RunConfig
 from dmaml.engines import Engine, WorkerResult
+from dmaml.engines.sequential import SequentialEngine
 from dmaml.optimizer import AdamState
 from dmaml.tasks import TRAIN, make_sampler, sample_batch, task_rng
-
-log = logging.getLogger(__name__)
 
 MEMORY_BUDGET = 4 * 2**30  # bytes of activations one compiled call may hold
 # Bytes held per float of ``Model.activations`` per example pass, in a second-order step (values
@@ -53,6 +56,9 @@ class VectorizedEngine(Engine):
     def __init__(self, cfg: RunConfig, memory_budget: int = MEMORY_BUDGET):
         super().__init__(cfg)
         self.model = models.for_config(cfg)
+        self.per_task = None if self.model.batch_tasks else SequentialEngine(cfg)
+        if self.per_task is not None:
+            return
         self.sampler = make_sampler(cfg, "train")
         self.step_fn = maml.make_stacked_step(self.model, cfg.alpha, cfg.inner_steps, cfg.beta,
                                               cfg.first_order, cfg.outer_reduction)
@@ -91,6 +97,8 @@ class VectorizedEngine(Engine):
         yield pending.result()
 
     def run(self, theta, states, step):
+        if self.per_task is not None:
+            return self.per_task.run(theta, states, step)
         m = self.cfg.steps_per_run
         chunks = self.chunks(states)
         tasks = self._prefetched([(workers, s) for workers in chunks
@@ -130,4 +138,5 @@ class VectorizedEngine(Engine):
                 for i, w in enumerate(workers)}
 
     def close(self) -> None:
-        self.prefetch.shutdown(wait=True)
+        if self.per_task is None:
+            self.prefetch.shutdown(wait=True)

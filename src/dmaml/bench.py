@@ -1,0 +1,338 @@
+"""``dmaml bench``: how fast each engine makes MAML steps on the standard workloads.
+
+Every (workload, engine, n, order) runs in a fresh process (so peak memory is its own and one
+measurement cannot warm or fragment another), makes ``--warmup`` runs (compilation), then
+``--steps`` timed runs of one MAML step each (m = 1), merging the workers' parameters with the
+mean after each run as the learner does. Tasks come from synthetic HDF5 files in the real layout
+(random images: speed does not depend on what they show). The sequential engine, a
+``tf.function`` looping over tasks in Python, is the straightforward baseline every figure is
+compared with, measured in the same invocation; so is this machine's float32 matmul peak.
+
+Reported per configuration (JSON lines, then a table): seconds per MAML step of the central model
+(median, min, max), steps per second, the speed-up over the sequential engine, achieved GFLOP/s
+and its fraction of the matmul peak, and peak resident memory; for the processes engine also the
+per-run overhead (wall time minus the slowest process's compute time: sending parameters, waking
+the processes, gathering and merging) and the peak memory of its worker processes together.
+
+FLOPs are counted analytically from the model (``Model.flops``: 2 x multiply-adds of the
+convolutions and dense layers per example; batch norm, ReLU and pooling are not counted). With F
+that count, S support and Q query examples per task and k inner steps, one task costs
+``k * S * 3F`` for the inner forward and backward passes, ``Q * 3F`` for the query's, and, second
+order, ``k * S * 6F`` more for differentiating through the inner gradients (a reverse pass costs
+about twice the pass it reverses): ``(9kS + 3Q) F`` second order, ``(3kS + 3Q) F`` first order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# The issue's standard workloads (SPEC section 2 names).
+WORKLOADS: dict[str, dict] = {
+    "sine": dict(dataset="sine", shots=10, queries=10, tasks_per_step=10, inner_steps=1),
+    "omniglot-5w1s": dict(dataset="omniglot", ways=5, shots=1, queries=1, tasks_per_step=32,
+                          inner_steps=1),
+    "omniglot-20w1s": dict(dataset="omniglot", ways=20, shots=1, queries=1, tasks_per_step=16,
+                           inner_steps=5, alpha=0.1),
+    "miniimagenet-5w1s": dict(dataset="miniimagenet", ways=5, shots=1, queries=15,
+                              tasks_per_step=4, inner_steps=5),
+}
+ENGINES = ("sequential", "vectorized", "processes")
+WORKERS = {"sine": (1, 4, 16, 64)}  # the others: (1, 4, 16)
+
+
+def flops_per_step(cfg) -> float:
+    """FLOPs of one MAML step of one worker (see the module docstring)."""
+    from dmaml import models
+
+    model = models.for_config(cfg)
+    support, query = cfg.ways * cfg.shots, cfg.ways * cfg.queries
+    inner = cfg.inner_steps * support * (3 if cfg.first_order else 9)
+    return float(cfg.tasks_per_step * (inner + 3 * query) * model.flops)
+
+
+def make_data(folder: Path) -> dict[str, str]:
+    """Synthetic dataset files: Omniglot-shaped (28x28x1) and miniImageNet-shaped (84x84x3)."""
+    from dmaml.data.store import atomic_h5, write_split
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for dataset, size, channels, classes in (("omniglot", 28, 1, 100),
+                                             ("miniimagenet", 84, 3, 20)):
+        path = folder / f"{dataset}.h5"
+        per_class = 20
+        with atomic_h5(path) as f:
+            f.attrs["dataset"] = f"synthetic {dataset} (random images)"
+            for split in ("train", "val", "test"):
+                images = rng.integers(0, 256, (classes * per_class, size, size, channels),
+                                      dtype=np.uint8)
+                write_split(f, split, images, np.arange(classes + 1) * per_class,
+                            [f"{split}/class{c:03d}" for c in range(classes)])
+        files[dataset] = str(path)
+    return files
+
+
+def _memory_mib(pid: int | str = "self", field: str = "VmHWM", name: str = "status") -> float:
+    """A memory figure of a process from /proc, MiB: peak resident memory (``VmHWM``) by
+    default; ``field="Pss", name="smaps_rollup"`` gives its proportional share (shared pages
+    split between the processes that map them, so the figures of several processes add up)."""
+    for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def matmul_peak(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 10) -> dict:
+    """This machine's float32 matmul throughput: the best GFLOP/s of ``repeats`` square matmuls
+    of each size, with TensorFlow's default threads (all cores)."""
+    import tensorflow as tf
+
+    f = tf.function(tf.linalg.matmul)
+    best = {}
+    for size in sizes:
+        a, b = tf.random.normal((size, size)), tf.random.normal((size, size))
+        f(a, b).numpy()
+        seconds = min(_timed(lambda a=a, b=b: f(a, b).numpy()) for _ in range(repeats))
+        best[size] = 2 * size**3 / seconds / 1e9
+    return {"kind": "matmul_peak", "gflops": max(best.values()),
+            "by_size": {str(k): round(v, 1) for k, v in best.items()}}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(spec: dict) -> dict:
+    """One configuration, in this process (see the module docstring)."""
+    from dmaml import config, merge, models, optimizer
+    from dmaml.engines import create
+    from dmaml.tasks import INIT, task_rng
+
+    settings = {**WORKLOADS[spec["workload"]], "workers": spec["n"], "steps_per_run": 1,
+                "first_order": spec["order"] == "first", "engine": spec["engine"],
+                "steps": spec["warmup"] + spec["steps"], "eval_every": 1}
+    if settings["dataset"] != "sine":
+        settings["data"] = spec["data"][settings["dataset"]]
+    cfg = config.load(None, settings)
+    if spec["engine"] == "processes" and spec.get("processes"):
+        from dmaml.engines.processes import ProcessesEngine
+
+        engine = ProcessesEngine(cfg, processes=spec["processes"])
+    else:
+        engine = create(cfg)
+    theta = models.for_config(cfg).init(task_rng(cfg.seed, INIT))
+    states = {w: optimizer.init(theta) for w in range(cfg.workers)}
+    weights = merge.weights("mean", [0.0] * cfg.workers)
+    seconds, overheads, step = [], [], 0
+    record = dict(spec, data=None)
+    try:
+        for i in range(spec["warmup"] + spec["steps"]):
+            start = time.perf_counter()
+            results = engine.run(theta, states, step)
+            merged = time.perf_counter()
+            theta = merge.merge([r.params for r in results.values()], weights)
+            end = time.perf_counter()
+            states = {w: r.opt_state for w, r in results.items()}
+            step += 1
+            if i == 0:
+                record["first_run_s"] = end - start
+                if spec["budget"] and spec["warmup"] + spec["steps"] > 1:
+                    probe = time.perf_counter()
+                    engine.run(theta, states, step)
+                    estimate = (time.perf_counter() - probe) * spec["steps"]
+                    if estimate > spec["budget"]:
+                        record["skipped"] = (f"{spec['steps']} steps would take about "
+                                             f"{estimate / 60:.0f} min (budget "
+                                             f"{spec['budget'] / 60:.0f} min)")
+                        return record
+            if i >= spec["warmup"]:
+                seconds.append(end - start)
+                if spec["engine"] == "processes":
+                    overheads.append(merged - start - max(engine.last_compute) + end - merged)
+        if spec["engine"] == "processes":
+            record["workers_peak_rss_mib"] = sum(_memory_mib(p.pid) for p in engine.procs)
+            record["workers_pss_mib"] = sum(_memory_mib(p.pid, "Pss", "smaps_rollup")
+                                            for p in engine.procs)
+            record["processes"] = engine.count
+    finally:
+        engine.close()
+    median = statistics.median(seconds)
+    flops = flops_per_step(cfg) * cfg.workers
+    record.update(median_s=median, min_s=min(seconds), max_s=max(seconds), steps_per_s=1 / median,
+                  per_worker_s=median / cfg.workers, gflops=flops / median / 1e9,
+                  flops_per_step=flops, peak_rss_mib=_memory_mib())
+    if overheads:
+        record["overhead_ms"] = 1e3 * statistics.median(overheads)
+    return record
+
+
+def _child(spec: dict, timeout: float) -> dict:
+    """Run ``spec`` in a fresh Python process and return its record."""
+    command = [sys.executable, "-m", "dmaml.bench", "--one", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(spec, data=None, skipped=f"timed out after {timeout:.0f} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = "\n".join(done.stderr.splitlines()[-15:])
+        return dict(spec, data=None, error=f"exit code {done.returncode}: {tail}")
+    return json.loads(lines[-1])
+
+
+def table(records: list[dict], peak: float) -> str:
+    """A Markdown table of the records, with ratios to the sequential engine."""
+    base = {(r["workload"], r["order"], r["n"]): r["median_s"] for r in records
+            if r["engine"] == "sequential" and "median_s" in r}
+    head = ("| workload | order | n | engine | s/step median (min-max) | steps/s | vs loop "
+            "| GFLOP/s | % peak | peak MiB | notes |")
+    rows = [head, "|---" * 11 + "|"]
+    for r in records:
+        key = f"| {r['workload']} | {r['order']} | {r['n']} | {r['engine']} |"
+        if "median_s" not in r:
+            rows.append(f"{key} - | - | - | - | - | - | {r.get('skipped') or r.get('error', '')} |")
+            continue
+        ref = base.get((r["workload"], r["order"], r["n"]))
+        speedup = f"{ref / r['median_s']:.2f}x" if ref else "-"
+        notes = []
+        if "overhead_ms" in r:
+            notes.append(f"{r['processes']} procs, overhead {r['overhead_ms']:.1f} ms, workers' "
+                         f"memory {r['workers_pss_mib']:.0f} MiB (peak RSS "
+                         f"{r['workers_peak_rss_mib']:.0f})")
+        rows.append(f"{key} {r['median_s']:.4f} ({r['min_s']:.4f}-{r['max_s']:.4f}) | "
+                    f"{r['steps_per_s']:.2f} | {speedup} | {r['gflops']:.1f} | "
+                    f"{100 * r['gflops'] / peak:.0f} | {r['peak_rss_mib']:.0f} | "
+                    f"{'; '.join(notes)} |")
+    return "\n".join(rows)
+
+
+def targets(records: list[dict], peak: float) -> list[str]:
+    """The issue's targets, from whichever of their configurations were measured."""
+    done = {(r["workload"], r["order"], r["n"], r["engine"]): r for r in records
+            if "median_s" in r}
+
+    def get(workload, n, engine, order="second"):
+        return done.get((workload, order, n, engine))
+
+    lines = []
+    vec, seq = get("omniglot-5w1s", 1, "vectorized"), get("omniglot-5w1s", 1, "sequential")
+    if vec and seq:
+        lines.append(f"vectorized omniglot-5w1s n=1: {seq['median_s'] / vec['median_s']:.2f}x "
+                     "faster than the per-task loop (target >= 3x)")
+    big = get("omniglot-5w1s", 16, "vectorized")
+    if vec and big:
+        lines.append(f"vectorized omniglot-5w1s n=16: per-worker cost "
+                     f"{big['per_worker_s'] / vec['per_worker_s']:.2f}x that of n=1 (target "
+                     "<= 0.7x)")
+    one, many = get("sine", 1, "vectorized"), get("sine", 64, "vectorized")
+    if one and many:
+        lines.append(f"vectorized sine n=64: a run takes {many['median_s'] / one['median_s']:.1f}x"
+                     " the time of n=1 (target < 20x)")
+    for workload in ("omniglot-5w1s", "omniglot-20w1s", "miniimagenet-5w1s"):
+        r = get(workload, 4, "processes")
+        if r:
+            lines.append(f"processes {workload} n=4: per-run overhead {r['overhead_ms']:.1f} ms "
+                         f"(target < 20 ms), worker processes' memory {r['workers_pss_mib']:.0f}"
+                         f" MiB, peak RSS {r['workers_peak_rss_mib']:.0f} MiB (target < 1536)")
+    best = max((r for key, r in done.items() if key[0] == "omniglot-5w1s" and key[1] == "second"),
+               key=lambda r: r["gflops"], default=None)
+    if best:
+        lines.append(f"best on omniglot-5w1s: {best['engine']} n={best['n']}, "
+                     f"{best['gflops']:.1f} GFLOP/s = {100 * best['gflops'] / peak:.0f}% of the "
+                     f"matmul peak {peak:.0f} GFLOP/s (aim >= 30%)")
+    return lines
+
+
+def _parse_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``dmaml bench``."""
+    p = subparsers.add_parser(
+        "bench", help="seconds per MAML step of every engine on the standard workloads",
+        description="Benchmark the engines on the standard workloads (synthetic data): seconds "
+                    "per MAML step, steps/s, GFLOP/s against the matmul peak, peak memory, and "
+                    "the sequential engine as the baseline. Prints JSON lines, then a table.")
+    p.add_argument("--workloads", type=_parse_list, default=list(WORKLOADS),
+                   help=f"comma-separated, of {', '.join(WORKLOADS)} [default: all]")
+    p.add_argument("--engines", type=_parse_list, default=list(ENGINES),
+                   help=f"comma-separated, of {', '.join(ENGINES)} [default: all]")
+    p.add_argument("--workers", type=lambda t: [int(n) for n in _parse_list(t)],
+                   help="comma-separated worker counts [default: 1,4,16, and 64 for sine]")
+    p.add_argument("--orders", type=_parse_list, default=["second", "first"],
+                   help="second, first or both [default: both]")
+    p.add_argument("--steps", type=int, default=20, help="timed MAML steps [default: 20]")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first [default: 2]")
+    p.add_argument("--processes", type=int,
+                   help="worker processes of the processes engine [default: its own choice]")
+    p.add_argument("--budget", type=float, default=900,
+                   help="seconds a configuration's timed steps may take, estimated after the "
+                        "first run; longer ones are reported as skipped (0: no limit) "
+                        "[default: 900]")
+    p.add_argument("--out", type=Path, help="also write the JSON lines to this file")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the selected configurations, each in a fresh process; print JSON lines and a table."""
+    unknown = sorted(set(args.workloads) - set(WORKLOADS)) + sorted(set(args.engines) - set(ENGINES))
+    if unknown or not set(args.orders) <= {"second", "first"}:
+        raise SystemExit(f"dmaml bench: unknown workload, engine or order {unknown or args.orders}")
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 (written as records arrive)
+
+    def emit(record: dict) -> None:
+        line = json.dumps(record)
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+
+    records = []
+    with tempfile.TemporaryDirectory(prefix="dmaml-bench-") as folder:
+        data = make_data(Path(folder))
+        load = os.getloadavg()[0]
+        peak = _child({"peak": True}, 600)
+        emit(dict(peak, load_before=load, cores=os.cpu_count()))
+        for workload in args.workloads:
+            for order in args.orders:
+                for n in args.workers or WORKERS.get(workload, (1, 4, 16)):
+                    for engine in args.engines:
+                        spec = dict(workload=workload, order=order, n=n, engine=engine,
+                                    steps=args.steps, warmup=args.warmup, budget=args.budget,
+                                    processes=args.processes, data=data)
+                        record = _child(spec, 4 * 3600)
+                        record["load"] = os.getloadavg()[0]
+                        emit(record)
+                        records.append(record)
+        peak_after = _child({"peak": True}, 600)
+        emit(dict(peak_after, when="after"))
+    if out:
+        out.close()
+    best = max(peak["gflops"], peak_after["gflops"])
+    print(f"\nfloat32 matmul peak: {peak['gflops']:.0f} GFLOP/s before, "
+          f"{peak_after['gflops']:.0f} after ({os.cpu_count()} cores); % peak uses {best:.0f}\n")
+    print(table(records, best))
+    print("\n".join(["", *targets(records, best)]))
+    return 0
+
+
+def _main_one(spec: dict) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(matmul_peak() if spec.get("peak") else measure(spec)), flush=True)
+
+
+if __name__ == "__main__":
+    _main_one(json.loads(sys.argv[2]))
