@@ -192,14 +192,22 @@ def test_processes_equal_sequential(processes, engines, dataset, n):
     assert len(engine.last_compute) == min(n, 2)
 
 
-def test_killed_worker_process_is_a_clear_error(processes):
+def test_killed_worker_process_is_restarted_then_a_clear_error(processes, engines):
+    """A killed process is restarted and its share redone (same numbers); once no restarts are
+    left, the next death is a clear error, not a hang."""
     cfg, engine = processes("sine")
+    _, sequential, _ = engines("sine", False)
     theta, states = start(cfg, WORKERS)
     engine.run(theta, states, 0)
-    os.kill(engine.procs[1].pid, signal.SIGKILL)
+    engine.restarts_left = 1
     with ThreadPoolExecutor(1) as pool:  # a hang fails the test instead of blocking it
+        os.kill(engine.procs[1].pid, signal.SIGKILL)
+        redone = pool.submit(engine.run, theta, states, 2).result(timeout=180)
+        assert_same(redone, sequential.run(theta, states, 2), cfg)
+        os.kill(engine.procs[0].pid, signal.SIGKILL)
         future = pool.submit(engine.run, theta, states, 2)
-        with pytest.raises(WorkerProcessError, match=r"worker process 1 \(workers \[1\]\) died"):
+        with pytest.raises(WorkerProcessError,
+                           match=r"worker process 0 \(workers \[0, 2\]\) died .* no restarts"):
             future.result(timeout=120)
     with pytest.raises(WorkerProcessError, match="closed"):
         engine.run(theta, states, 2)

@@ -12,10 +12,11 @@ do not oversubscribe the cores.
 Arrays travel through shared memory: the parent writes theta once into a block all processes
 read, and each worker's parameters and Adam moments into that worker's slot of its process's
 block; the process writes the results back into the slot. The pipe to each process carries only
-the command and the losses. A process that dies is noticed at once (its sentinel becomes ready)
-and raised as :class:`WorkerProcessError`; the engine is then closed. Restarting a dead process
-is :meth:`ProcessesEngine._start` followed by running the interrupted run again, since a run's
-inputs are still in the parent.
+the command and the losses. A process that dies is noticed at once (its sentinel becomes ready):
+it is started again and its share of the run redone from the run's inputs, which are still in
+the parent (the central parameters, its workers' Adam states, the task seeds), so the numbers
+equal those of a run without the crash. After ``restarts`` restarts (``DMAML_WORKER_RESTARTS``,
+default 3) the next death is a :class:`WorkerProcessError` and the engine is closed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from dmaml import models
 from dmaml.config import RunConfig
 from dmaml.engines import Engine, WorkerResult
+from dmaml.errors import UserError
 from dmaml.optimizer import AdamState
 from dmaml.tasks import INIT, task_rng
 
@@ -43,8 +45,12 @@ log = logging.getLogger(__name__)
 Layout = list[tuple[str, tuple[int, ...]]]
 
 
-class WorkerProcessError(RuntimeError):
-    """A worker process died or failed; the message says which and why."""
+class WorkerProcessError(UserError, RuntimeError):
+    """A worker process died or failed too often; the message says which and why."""
+
+
+class _Died(Exception):
+    """A worker process died (it may be restarted)."""
 
 
 def cores() -> int:
@@ -121,8 +127,11 @@ def _process_main(cfg: RunConfig, processes: int, threads: int, layout: Layout, 
 class ProcessesEngine(Engine):
     """Worker processes with shared-memory exchange (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, processes: int | None = None):
+    def __init__(self, cfg: RunConfig, processes: int | None = None,
+                 restarts: int | None = None):
         super().__init__(cfg)
+        self.restarts_left = (restarts if restarts is not None
+                              else int(os.environ.get("DMAML_WORKER_RESTARTS", "3")))
         theta = models.for_config(cfg).init(task_rng(cfg.seed, INIT))
         self.layout: Layout = [(k, v.shape) for k, v in theta.items()]
         self.count = max(1, min(processes or cores(), cfg.workers))
@@ -168,7 +177,7 @@ class ProcessesEngine(Engine):
             proc.join(5)
             code = proc.exitcode
             name = f" ({signal.Signals(-code).name})" if code is not None and code < 0 else ""
-            self._fail(p, step, f"died (exit code {code}{name})")
+            raise _Died(f"died (exit code {code}{name})") from None
         if message[0] == "error":
             self._fail(p, step, f"failed:\n{message[1]}")
         return message
@@ -180,28 +189,47 @@ class ProcessesEngine(Engine):
             f"{step}; the engine is closed. Run training again: it resumes from the last "
             "checkpoint")
 
+    def _send(self, p: int, step: int, states) -> None:
+        """Write process ``p``'s workers' Adam states and start its share of the run."""
+        workers = self.workers[p]
+        counts = {w: float(states[w].t) for w in workers if w in states}
+        for i, w in enumerate(workers):
+            if w in counts:
+                self.slots[p].write(3 * i + 1, states[w].m)
+                self.slots[p].write(3 * i + 2, states[w].v)
+        if not self.ready[p]:
+            self._receive(p, step)  # "ready": the process has built its engine
+            self.ready[p] = True
+        with contextlib.suppress(OSError):  # a dead process: _receive tells how it died
+            self.conns[p].send(("run", step, counts))
+
+    def _result(self, p: int, step: int, states):
+        """Process ``p``'s answer for the run, restarting it and redoing its share if it died."""
+        while True:
+            try:
+                return self._receive(p, step)
+            except _Died as died:
+                if self.restarts_left <= 0:
+                    self._fail(p, step, f"{died} and no restarts are left")
+                self.restarts_left -= 1
+                log.warning("worker process %d %s in the run from MAML step %d: restarting it "
+                            "and redoing its share (%d restarts left)", p, died, step,
+                            self.restarts_left)
+                self._start(p)
+                with contextlib.suppress(_Died):  # a death while starting: counted next round
+                    self._send(p, step, states)
+
     def run(self, theta, states, step):
         if self.conns[0] is None:
             raise WorkerProcessError("the processes engine is closed")
         self.theta.write(0, theta)
-        busy = []
-        for p, workers in enumerate(self.workers):
-            counts = {w: float(states[w].t) for w in workers if w in states}
-            if not counts:
-                continue
-            for i, w in enumerate(workers):
-                if w in counts:
-                    self.slots[p].write(3 * i + 1, states[w].m)
-                    self.slots[p].write(3 * i + 2, states[w].v)
-            if not self.ready[p]:
-                self._receive(p, step)  # "ready": the process has built its engine
-                self.ready[p] = True
-            with contextlib.suppress(OSError):  # a dead process: _receive tells how it died
-                self.conns[p].send(("run", step, counts))
-            busy.append(p)
+        busy = [p for p, workers in enumerate(self.workers) if any(w in states for w in workers)]
+        for p in busy:
+            with contextlib.suppress(_Died):  # _result restarts it
+                self._send(p, step, states)
         results, self.last_compute = {}, []
         for p in busy:
-            _, summary, seconds = self._receive(p, step)
+            _, summary, seconds = self._result(p, step, states)
             self.last_compute.append(seconds)
             index = {w: i for i, w in enumerate(self.workers[p])}
             for w, (loss, metric, t) in summary.items():
