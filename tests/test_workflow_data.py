@@ -25,7 +25,8 @@ pytest.importorskip("snakemake")
 def workflow(tmp_path) -> Path:
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, tmp_path)
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    for name in ("workflow", "envs"):
+        shutil.copytree(ROOT / name, tmp_path / name)
     return tmp_path
 
 
