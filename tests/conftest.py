@@ -119,3 +119,32 @@ def tiny_omniglot_h5(tmp_path_factory) -> Path:
     make_omniglot_zip(folder / "images_evaluation.zip", "images_evaluation", ["Gamma", "Delta"],
                       3, seed=4)
     return prepare_omniglot(folder, folder / "omniglot.h5", val_alphabets=1)
+
+
+# --- SLURM fixture ---
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A private one-node SLURM cluster (tests/slurm/local_cluster.py; one at a time), skipped
+    with the reason where this machine cannot run one."""
+    from .slurm.local_cluster import (
+        ClusterUnavailable,
+        LocalSlurm,
+        install_packages,
+        unavailable_reason,
+    )
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        install_packages()
+        local = LocalSlurm()
+        local.start()
+    except ClusterUnavailable as e:
+        pytest.skip(f"no local SLURM cluster: {e}")
+    try:
+        yield local
+    finally:
+        local.stop()

@@ -30,12 +30,6 @@ from dmaml.engines.sequential import SequentialEngine
 from dmaml.learner import Learner, config_of
 
 from .conftest import ROOT, make_h5
-from .slurm.local_cluster import (
-    ClusterUnavailable,
-    LocalSlurm,
-    install_packages,
-    unavailable_reason,
-)
 from .test_engines import assert_same, settings, start
 
 if importlib.util.find_spec("ray") is None:
@@ -166,26 +160,8 @@ RUN = "results/runs/clus/sine-1w10s-n3-m2-t10-mean-mean/seed0"
 SLURM_LIMIT = 300  # seconds; about 60 when all is well
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    """A private one-node SLURM cluster (tests/slurm/local_cluster.py; one at a time)."""
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        install_packages()
-        local = LocalSlurm()
-        local.start()
-    except ClusterUnavailable as e:
-        pytest.skip(f"no local SLURM cluster: {e}")
-    try:
-        yield local
-    finally:
-        local.stop()
-
-
 @pytest.mark.slurm
-def test_cluster_training_on_slurm_equals_sequential(slurm, tmp_path):
+def test_cluster_training_on_slurm_equals_sequential(slurm_cluster, tmp_path):
     """The training rule with `engine: cluster` through `snakemake --profile slurm`: the job runs
     ray_srun.sh, whose `srun` starts the Ray head (on 127.0.0.1) and the training as its driver,
     with 2 actors; then the same settings in this process with the sequential engine."""
@@ -196,7 +172,7 @@ def test_cluster_training_on_slurm_equals_sequential(slurm, tmp_path):
     (tmp_path / "clus.yaml").write_text(EXPERIMENT)
     xdg = tmp_path / "xdg"
     shutil.copytree(ROOT / "profiles" / "slurm", xdg / "snakemake" / "slurm")
-    env = dict(slurm.env, XDG_CONFIG_HOME=str(xdg), DMAML_RAY_ACTORS="2",
+    env = dict(slurm_cluster.env, XDG_CONFIG_HOME=str(xdg), DMAML_RAY_ACTORS="2",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = ["timeout", "-k", "15", str(SLURM_LIMIT), sys.executable, "-m", "snakemake",
            "--profile", "slurm", f"{RUN}/run.json", "--configfile", str(tmp_path / "clus.yaml")]

@@ -21,10 +21,7 @@ import pytest
 
 from .conftest import OMNIGLOT_DATA, ROOT, make_omniglot_source
 from .slurm.local_cluster import (
-    ClusterUnavailable,
     LocalSlurm,
-    install_packages,
-    unavailable_reason,
 )
 from .test_workflow import copy_workflow
 
@@ -50,23 +47,6 @@ CANCELLED = "table2/omniglot-5w1s-n2-m1-t8-mean-mean/seed0"  # the run whose job
 CANCELLED_COMMENT = "rule_train_dmaml_wildcards_table2_omniglot_5_1_2_1_8_mean_mean_0"
 SLURM_LIMIT = 420  # seconds; about 150 when all is well
 LOCAL_LIMIT = 300  # about 90
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        install_packages()
-        local = LocalSlurm()
-        local.start()
-    except ClusterUnavailable as e:
-        pytest.skip(f"no local SLURM cluster: {e}")
-    try:
-        yield local
-    finally:
-        local.stop()
 
 
 def bounded(cmd: list[str], cwd: Path, env: dict[str, str], limit: int, out: Path):
@@ -115,7 +95,7 @@ def cancel_when_checkpointed(cluster: LocalSlurm, proc: subprocess.Popen, out: P
 
 
 @pytest.fixture(scope="module")
-def grid(cluster, tmp_path_factory) -> dict:
+def grid(slurm_cluster, tmp_path_factory) -> dict:
     """Table 2 run twice from the same settings: under SLURM (one training cancelled mid-run and
     retried by the profile's `retries`), then locally with the dataset the first run built."""
     root = tmp_path_factory.mktemp("grid")
@@ -129,13 +109,13 @@ def grid(cluster, tmp_path_factory) -> dict:
     # the profile, installed as the README says, under a private XDG_CONFIG_HOME
     xdg = root / "xdg"
     shutil.copytree(ROOT / "profiles" / "slurm", xdg / "snakemake" / "slurm")
-    env = dict(cluster.env, XDG_CONFIG_HOME=str(xdg))
+    env = dict(slurm_cluster.env, XDG_CONFIG_HOME=str(xdg))
 
     start = time.monotonic()
     proc = bounded([sys.executable, "-m", "snakemake", "--profile", "slurm", *config], on_slurm,
                    env, SLURM_LIMIT, root / "slurm.out")
     try:
-        cancelled = cancel_when_checkpointed(cluster, proc, root / "slurm.out",
+        cancelled = cancel_when_checkpointed(slurm_cluster, proc, root / "slurm.out",
                                              on_slurm / "results/runs" / CANCELLED)
     except BaseException:
         stop(proc)
