@@ -31,7 +31,7 @@ from dmaml import config, maml, models, optimizer
 from dmaml.engines import create
 from dmaml.engines.processes import ProcessesEngine, WorkerProcessError
 from dmaml.engines.sequential import SequentialEngine
-from dmaml.engines.vectorized import VectorizedEngine
+from dmaml.engines.vectorized import VectorizedEngine, task_chunks
 from dmaml.tasks import INIT, TRAIN, make_sampler, sample_batch, task_rng
 
 from .conftest import make_h5
@@ -153,6 +153,25 @@ def test_vectorized_continues_from_states_of_different_ages(engines):
     assert vectorized.chunks(states) == [[0, 1], [2]]
     assert_same(vectorized.run(first[0].params, states, 2),
                 sequential.run(first[0].params, states, 2), cfg)
+
+
+def test_task_parts_are_the_fewest_that_fit():
+    assert task_chunks(workers=1, tasks=32, bytes_per_task=10, part_bytes=320) == 1
+    assert task_chunks(workers=1, tasks=32, bytes_per_task=10, part_bytes=319) == 2
+    assert task_chunks(workers=4, tasks=32, bytes_per_task=10, part_bytes=40) == 32
+    assert task_chunks(workers=5, tasks=32, bytes_per_task=10, part_bytes=40) == 32  # 1 a part
+    assert task_chunks(workers=1, tasks=12, bytes_per_task=10, part_bytes=50) == 3  # divides 12
+
+
+@pytest.mark.parametrize("dataset", ["sine", "omniglot"])
+def test_vectorized_in_task_parts_equals_sequential(engines, dataset):
+    """Tasks taken one at a time in the compiled loop: the same numbers."""
+    cfg, sequential, _ = engines(dataset, False)
+    engine = VectorizedEngine(cfg, part_bytes=1)
+    theta, states = start(cfg, WORKERS)
+    assert engine.steps == {} and engine.step_fn(WORKERS) is engine.steps[cfg.tasks_per_step]
+    assert_same(engine.run(theta, states, 0), sequential.run(theta, states, 0), cfg)
+    engine.close()
 
 
 def test_vectorized_splits_workers_that_do_not_fit(engines):
