@@ -174,6 +174,15 @@ def test_vectorized_in_task_parts_equals_sequential(engines, dataset):
     engine.close()
 
 
+def test_vectorized_batches_small_tasks_only(data):
+    """Tasks of more examples than the model batches well run in the per-task loop."""
+    small = VectorizedEngine(settings("omniglot", data))
+    large = VectorizedEngine(settings("omniglot", data, ways=8, shots=2, queries=2))  # 32
+    assert small.per_task is None and isinstance(large.per_task, SequentialEngine)
+    small.close()
+    large.close()
+
+
 def test_vectorized_splits_workers_that_do_not_fit(engines):
     cfg, _, reference = engines("sine", False)
     engine = VectorizedEngine(cfg, memory_budget=1)

@@ -8,10 +8,11 @@ its moments per instance. Per MAML step this is one launch sequence instead of n
 and XLA fuses batch norm's element-wise ops, which dominate the per-task loop of the sequential
 engine on small images.
 
-Where batching does not pay (``Model.batch_tasks`` false: the miniImageNet model, whose 84x84
+Where batching does not pay, the engine runs each worker's step as the sequential engine does,
+with native convolutions: for the miniImageNet model (``Model.batch_tasks`` false: its 84x84
 feature maps make the im2col patches cost more memory traffic than they save; measured 2.6 s
-against 1.5 s per MAML step), the engine runs each worker's step as the sequential engine does,
-with native convolutions.
+against 1.5 s per MAML step), and for tasks of more than ``Model.batch_examples`` examples (e.g.
+Omniglot 20-way 1-shot, 5-way 5-shot), whose per-task batches keep native convolutions efficient.
 
 Inside the computation each stack takes its tasks in equal parts, in a loop that sums their
 gradients (``maml.meta_gradient_chunked``), each part holding about ``PART_BYTES`` of activations:
@@ -75,7 +76,9 @@ class VectorizedEngine(Engine):
         super().__init__(cfg)
         self.part_bytes = part_bytes
         self.model = models.for_config(cfg)
-        self.per_task = None if self.model.batch_tasks else SequentialEngine(cfg)
+        examples = cfg.ways * (cfg.shots + cfg.queries)
+        batched = self.model.batch_tasks and examples <= self.model.batch_examples
+        self.per_task = None if batched else SequentialEngine(cfg)
         if self.per_task is not None:
             return
         self.sampler = make_sampler(cfg, "train")
