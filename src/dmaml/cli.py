@@ -80,11 +80,10 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _set_threads(threads: int) -> None:
-    import tensorflow as tf
-
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        from dmaml.engines import set_threads
+
+        set_threads(threads)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

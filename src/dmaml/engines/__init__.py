@@ -44,6 +44,16 @@ class Engine(ABC):
         """Release processes or other resources (nothing by default)."""
 
 
+def set_threads(threads: int) -> None:
+    """Before TensorFlow's runtime starts: ``threads`` intra-op threads, and as many inter-op
+    threads (the per-task loop is a graph of small ops, which run side by side on them; with one
+    inter-op thread Omniglot 20-way 1-shot took 1.71 s a MAML step instead of 1.10 s)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def create(cfg: RunConfig) -> Engine:
     """The engine named by ``cfg.engine``."""
     if cfg.engine == "sequential":

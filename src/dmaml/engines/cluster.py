@@ -126,11 +126,9 @@ class WorkerActor:
     """One Ray actor: a stack of workers run by the vectorized engine in this process."""
 
     def __init__(self, cfg: RunConfig, threads: int):
-        import tensorflow as tf
+        from dmaml.engines import set_threads
 
-        # Before TensorFlow's runtime starts: the actors of a node share its cores.
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        set_threads(threads)  # the actors of a node share its cores
         from dmaml.engines.vectorized import VectorizedEngine
 
         self.engine = VectorizedEngine(cfg)

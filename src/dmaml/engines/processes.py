@@ -85,10 +85,9 @@ def _process_main(cfg: RunConfig, processes: int, threads: int, layout: Layout, 
     """A worker process: build the vectorized engine, then serve runs until told to close."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
-        import tensorflow as tf
+        from dmaml.engines import set_threads
 
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        set_threads(threads)
         from dmaml.engines.vectorized import MEMORY_BUDGET, VectorizedEngine
 
         engine = VectorizedEngine(cfg, MEMORY_BUDGET // processes)  # the processes share it

@@ -90,6 +90,7 @@ class VectorizedEngine(Engine):
         examples = cfg.ways * (cfg.shots + cfg.queries)
         batched = self.model.batch_tasks and examples <= self.model.batch_examples
         self.per_task = None if batched else SequentialEngine(cfg)
+        self.compiling = True  # whether a step was compiled since memory was last released
         if self.per_task is not None:
             return
         self.sampler = make_sampler(cfg, "train")
@@ -97,7 +98,6 @@ class VectorizedEngine(Engine):
         # A call holds at least one task of each of its workers at a time.
         self.chunk = max(1, memory_budget // self.task_bytes)
         self.steps: dict[int, Callable] = {}  # compiled steps by number of task parts
-        self.compiling = False  # whether a step was compiled since memory was last released
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="dmaml-tasks")
 
     def step_fn(self, workers: int) -> Callable:
@@ -143,8 +143,14 @@ class VectorizedEngine(Engine):
         yield pending.result()
 
     def run(self, theta, states, step):
-        if self.per_task is not None:
-            return self.per_task.run(theta, states, step)
+        results = (self.per_task.run(theta, states, step) if self.per_task is not None
+                   else self._run_stacked(theta, states, step))
+        if self.compiling:
+            release_free_memory()
+            self.compiling = False
+        return results
+
+    def _run_stacked(self, theta, states, step) -> dict[int, WorkerResult]:
         m = self.cfg.steps_per_run
         chunks = self.chunks(states)
         tasks = self._prefetched([(workers, s) for workers in chunks
@@ -159,9 +165,6 @@ class VectorizedEngine(Engine):
                 losses.append(loss.numpy())
                 metrics.append(metric.numpy())
             results.update(self._unstack(workers, params, state, losses, metrics))
-        if self.compiling:
-            release_free_memory()
-            self.compiling = False
         return results
 
     @staticmethod
