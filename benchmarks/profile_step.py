@@ -1,0 +1,93 @@
+"""Where the time of one MAML step goes: the vectorized engine's compiled step, by kind of operation.
+
+    python benchmarks/profile_step.py                  # omniglot-5w1s, n = 1, all cores; ~1 min
+    python benchmarks/profile_step.py --threads 1 --workers 4
+
+Runs a standard workload of ``dmaml bench`` (synthetic data; one the vectorized engine batches:
+sine or omniglot-5w1s) with the vectorized engine, then three MAML steps under TensorFlow's
+profiler, and prints the operations' time per step summed over the
+intra-op threads, by kind: matrix products (``MatMul``: the convolutions' im2col products, the
+dense layer and their gradients) and XLA's fusions of the element-wise work around them (batch
+norm, the im2col slicing and its gradient, Adam), with the wall time per step and how many
+cores the step keeps busy beside it. With ``--threads 1`` the sum is the wall time's breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="omniglot-5w1s")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    parser.add_argument("--top", type=int, default=12, help="kinds to list [default: 12]")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from dmaml import config, models, optimizer
+    from dmaml.bench import WORKLOADS, make_data
+    from dmaml.engines import create, set_threads
+    from dmaml.tasks import INIT, task_rng
+
+    if args.threads:
+        set_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="dmaml-profile-") as folder:
+        settings = {**WORKLOADS[args.workload], "workers": args.workers, "engine": "vectorized",
+                    "steps_per_run": 1, "steps": 100}
+        if settings["dataset"] != "sine":
+            settings["data"] = make_data(Path(folder))[settings["dataset"]]
+        cfg = config.load(None, settings)
+        engine = create(cfg)
+        theta = models.for_config(cfg).init(task_rng(cfg.seed, INIT))
+        states = {w: optimizer.init(theta) for w in range(cfg.workers)}
+        for step in range(2):  # compile and warm up
+            engine.run(theta, states, step)
+        before = os.times()
+        start = time.perf_counter()
+        for step in range(5):  # cores kept busy, without the profiler's own cost
+            engine.run(theta, states, step)
+        busy = (sum(os.times()[:2]) - sum(before[:2])) / (time.perf_counter() - start)
+        walls = []
+        tf.profiler.experimental.start(folder + "/trace")
+        for step in range(3):
+            start = time.perf_counter()
+            engine.run(theta, states, step)
+            walls.append(time.perf_counter() - start)
+        tf.profiler.experimental.stop()
+        engine.close()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(folder).glob("trace/**/*.xplane.pb")).read_bytes())
+
+    kinds: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if "Eigen" not in line.name:  # the intra-op threads, where the operations run
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "?")
+                if name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky")):
+                    continue  # bookkeeping spans around the operations
+                kind = re.sub(r"([._]\d+)+$", "", name)  # MatMul_1.58 -> MatMul
+                kinds[kind] += event.duration_ps / 1e9 / len(walls)
+    total = sum(kinds.values())
+    print(f"{args.workload}, n = {args.workers}: wall {1e3 * statistics.median(walls):.1f} ms "
+          f"per MAML step (profiled); {busy:.2f} cores busy (CPU time / wall time, unprofiled); "
+          f"operations {total:.1f} ms summed over threads")
+    for kind, ms in kinds.most_common(args.top):
+        print(f"{ms:9.1f} ms  {100 * ms / total:5.1f}%  {kind}")
+
+
+if __name__ == "__main__":
+    main()
