@@ -31,7 +31,7 @@ from dmaml import config, maml, models, optimizer
 from dmaml.engines import create
 from dmaml.engines.processes import ProcessesEngine, WorkerProcessError
 from dmaml.engines.sequential import SequentialEngine
-from dmaml.engines.vectorized import VectorizedEngine, task_chunks
+from dmaml.engines.vectorized import VectorizedEngine, task_parts
 from dmaml.tasks import INIT, TRAIN, make_sampler, sample_batch, task_rng
 
 from .conftest import make_h5
@@ -156,11 +156,11 @@ def test_vectorized_continues_from_states_of_different_ages(engines):
 
 
 def test_task_parts_are_the_fewest_that_fit():
-    assert task_chunks(workers=1, tasks=32, bytes_per_task=10, part_bytes=320) == 1
-    assert task_chunks(workers=1, tasks=32, bytes_per_task=10, part_bytes=319) == 2
-    assert task_chunks(workers=4, tasks=32, bytes_per_task=10, part_bytes=40) == 32
-    assert task_chunks(workers=5, tasks=32, bytes_per_task=10, part_bytes=40) == 32  # 1 a part
-    assert task_chunks(workers=1, tasks=12, bytes_per_task=10, part_bytes=50) == 3  # divides 12
+    assert task_parts(workers=1, tasks=32, bytes_per_task=10, part_bytes=320) == 1
+    assert task_parts(workers=1, tasks=32, bytes_per_task=10, part_bytes=319) == 2
+    assert task_parts(workers=4, tasks=32, bytes_per_task=10, part_bytes=40) == 32
+    assert task_parts(workers=5, tasks=32, bytes_per_task=10, part_bytes=40) == 32  # 1 a part
+    assert task_parts(workers=1, tasks=12, bytes_per_task=10, part_bytes=50) == 3  # divides 12
 
 
 @pytest.mark.parametrize("dataset", ["sine", "omniglot"])

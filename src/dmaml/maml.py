@@ -122,47 +122,47 @@ def meta_gradient_stacked(model: Model, params: Params, tasks, alpha, steps: int
     return grads, tf.reduce_mean(losses, 1), tf.reduce_mean(metrics, 1)
 
 
-def meta_gradient_chunked(model: Model, params: Params, tasks, alpha, steps: int,
-                          first_order: bool = False, reduction: str = "mean", chunks: int = 1
-                          ) -> tuple[Params, tf.Tensor, tf.Tensor]:
-    """:func:`meta_gradient_stacked`, taking the task axis in ``chunks`` equal consecutive parts
-    (``chunks`` divides t) in a loop and summing their gradients. One part's activations are
-    live at a time, so memory is that of t / chunks tasks; on a CPU it is also faster, the part's
+def meta_gradient_in_parts(model: Model, params: Params, tasks, alpha, steps: int,
+                           first_order: bool = False, reduction: str = "mean", parts: int = 1
+                           ) -> tuple[Params, tf.Tensor, tf.Tensor]:
+    """:func:`meta_gradient_stacked`, taking the task axis in ``parts`` equal consecutive parts
+    (``parts`` divides t) in a loop and summing their gradients. One part's activations are
+    live at a time, so memory is that of t / parts tasks; on a CPU it is also faster, the part's
     activations staying in cache (measured: see the vectorized engine)."""
-    if chunks == 1:
+    if parts == 1:
         return meta_gradient_stacked(model, params, tasks, alpha, steps, first_order, reduction)
     n, t = tasks[0].shape[:2]
-    parts = [tf.reshape(part, [n, chunks, t // chunks, *part.shape[2:]]) for part in tasks]
+    split = [tf.reshape(part, [n, parts, t // parts, *part.shape[2:]]) for part in tasks]
 
     def body(i, grads, loss, metric):
         g, part_loss, part_metric = meta_gradient_stacked(
-            model, params, [part[:, i] for part in parts], alpha, steps, first_order, "sum")
+            model, params, [part[:, i] for part in split], alpha, steps, first_order, "sum")
         return (i + 1, {k: grads[k] + g[k] for k in grads}, loss + part_loss,
                 metric + part_metric)
 
     zero = tf.zeros([n], next(iter(params.values())).dtype)
     _, grads, loss, metric = tf.while_loop(
-        lambda i, *_: i < chunks, body,
+        lambda i, *_: i < parts, body,
         (tf.constant(0), {k: tf.zeros_like(p) for k, p in params.items()}, zero, zero))
     if reduction == "mean":
         grads = {k: g / t for k, g in grads.items()}
-    return grads, loss / chunks, metric / chunks
+    return grads, loss / parts, metric / parts
 
 
 def make_stacked_step(model: Model, alpha: float, inner_steps: int, beta: float,
-                      first_order: bool = False, reduction: str = "mean", chunks: int = 1,
+                      first_order: bool = False, reduction: str = "mean", parts: int = 1,
                       jit_compile: bool = True) -> Callable:
     """:func:`make_step` for n workers at once: ``(params, opt_state, xs, ys, xq, yq) -> (params,
     opt_state, loss, metric)`` with parameters and Adam moments stacked along a leading worker
     axis, task arrays ``[n, t, ...]``, and one step count ``opt_state.t`` shared by the n workers;
-    ``loss`` and ``metric`` are ``[n]``. The tasks are taken in ``chunks`` parts (see
-    :func:`meta_gradient_chunked`). Compiled with XLA by default (``jit_compile``), which fuses
+    ``loss`` and ``metric`` are ``[n]``. The tasks are taken in ``parts`` parts (see
+    :func:`meta_gradient_in_parts`). Compiled with XLA by default (``jit_compile``), which fuses
     the many small element-wise ops of batch norm and the im2col slicing."""
 
     @tf.function(jit_compile=jit_compile)
     def step(params, opt_state, xs, ys, xq, yq):
-        grads, loss, metric = meta_gradient_chunked(model, params, (xs, ys, xq, yq), alpha,
-                                                    inner_steps, first_order, reduction, chunks)
+        grads, loss, metric = meta_gradient_in_parts(model, params, (xs, ys, xq, yq), alpha,
+                                                     inner_steps, first_order, reduction, parts)
         params, opt_state = optimizer.update(params, grads, opt_state, beta)
         return params, opt_state, loss, metric
 

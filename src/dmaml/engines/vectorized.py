@@ -15,7 +15,7 @@ against 1.5 s per MAML step), and for tasks of more than ``Model.batch_examples`
 Omniglot 20-way 1-shot, 5-way 5-shot), whose per-task batches keep native convolutions efficient.
 
 Inside the computation each stack takes its tasks in equal parts, in a loop that sums their
-gradients (``maml.meta_gradient_chunked``), each part holding about ``PART_BYTES`` of activations:
+gradients (``maml.meta_gradient_in_parts``), each part holding about ``PART_BYTES`` of activations:
 memory stays bounded however many tasks a step has, and the parts run faster than all tasks at once
 (their activations stay in cache; measured below). Workers that do not fit in ``memory_budget``
 even one task each are run in consecutive chunks of equal size.
@@ -45,7 +45,7 @@ from dmaml.optimizer import AdamState
 from dmaml.tasks import TRAIN, make_sampler, sample_batch, task_rng
 
 MEMORY_BUDGET = 4 * 2**30  # bytes of activations one compiled call may hold
-# Bytes of activations one pass of the task loop should hold (``maml.meta_gradient_chunked``).
+# Bytes of activations one pass of the task loop should hold (``maml.meta_gradient_in_parts``).
 # Omniglot 5-way 1-shot, n = 1, t = 32, 2 cores: parts of 32/16/8/4/2/1 tasks (450 MB to 14 MB)
 # took 0.168/0.158/0.159/0.154/0.206/0.222 s per MAML step; a part of 4 tasks (57 MB) also cut
 # the process's resident memory after compilation from 1.41 to 1.12 GB.
@@ -61,7 +61,7 @@ def task_bytes(model: models.Model, cfg: RunConfig) -> int:
     return passes * model.activations * BYTES_PER_ACTIVATION
 
 
-def task_chunks(workers: int, tasks: int, bytes_per_task: int,
+def task_parts(workers: int, tasks: int, bytes_per_task: int,
                 part_bytes: int = PART_BYTES) -> int:
     """Parts of the task axis for one compiled call: the fewest that divide ``tasks`` and keep a
     part of all ``workers`` under ``part_bytes`` (one task per part if none does)."""
@@ -103,13 +103,13 @@ class VectorizedEngine(Engine):
     def step_fn(self, workers: int) -> Callable:
         """The compiled MAML step for a stack of ``workers`` workers."""
         cfg = self.cfg
-        chunks = task_chunks(workers, cfg.tasks_per_step, self.task_bytes, self.part_bytes)
-        if chunks not in self.steps:
-            self.steps[chunks] = maml.make_stacked_step(
+        parts = task_parts(workers, cfg.tasks_per_step, self.task_bytes, self.part_bytes)
+        if parts not in self.steps:
+            self.steps[parts] = maml.make_stacked_step(
                 self.model, cfg.alpha, cfg.inner_steps, cfg.beta, cfg.first_order,
-                cfg.outer_reduction, chunks)
+                cfg.outer_reduction, parts)
             self.compiling = True
-        return self.steps[chunks]
+        return self.steps[parts]
 
     def chunks(self, states: dict[int, AdamState]) -> list[list[int]]:
         """The workers of each compiled call: those with the same Adam step count (the stacked
