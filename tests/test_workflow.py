@@ -81,11 +81,25 @@ def test_table5_needs_a_miniimagenet_source(workflow):
     ("train={steps: many}", "On instance['train']['steps']"),
     ("experiments={table2: {alpah: 0.1}}", "experiments.table2: unknown key(s) ['alpah']"),
     ("train={engine: gpu}", "'gpu' is not one of"),
+    ("omniglott={source: /x}", "unknown top-level key(s) ['omniglott']; known keys are ["),
+    ("train_thread=2", "unknown top-level key(s) ['train_thread']"),
+    ("experiments={table2: {ways: many}}",
+     "experiments.table2: ways: must be an integer or a list of integers, got 'many'"),
 ])
 def test_a_wrong_setting_stops_before_any_job(workflow, override, message):
     result = snakemake(workflow, "-n", "table2", "--config", override)
     assert result.returncode != 0 and "Job stats" not in result.stdout
     assert message in result.stdout + result.stderr
+
+
+def test_titles_stay_text(workflow):
+    """A title such as "Table 2: ..." is YAML for a mapping: it must reach the table as text."""
+    for config, title in (((), "Table 2: Omniglot 5-way 1-shot, test accuracy"),
+                          (("--config", "experiments={table2: {title: 'Table 2: t = 4'}}"),
+                           "Table 2: t = 4")):
+        result = snakemake(workflow, "-n", "-p", "table2", *config)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"--title '{title}'" in result.stdout
 
 
 @pytest.mark.slow
@@ -118,6 +132,14 @@ def test_quick_preset_end_to_end(tmp_path):
     figures.write_text(figures.read_text().replace('"font.size": 10', '"font.size": 11'))
     jobs = planned(snakemake(flow, "-n", "table2", "fig3", *config))
     assert "train_dmaml" not in jobs and jobs["plot_figure"] == 1
+    # code that cannot change a run's numbers re-runs no training; the algorithm's code does
+    for module in ("bench.py", "cli.py"):
+        with open(flow / "src/dmaml" / module, "a") as f:
+            f.write("# an edit\n")
+    assert "train_dmaml" not in planned(snakemake(flow, "-n", "table2", "fig3", *config))
+    with open(flow / "src/dmaml/maml.py", "a") as f:
+        f.write("# an edit\n")
+    assert planned(snakemake(flow, "-n", "table2", "fig3", *config))["train_dmaml"] == 6
 
 
 SMALL_TABLE1 = ["--config", "train={steps: 600, eval_every: 20, val_tasks: 5, test_tasks: 50}",

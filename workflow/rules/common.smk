@@ -11,19 +11,38 @@ from dmaml.config import DATASET_DEFAULTS, FIELDS as RUN_FIELDS, RunConfig, reso
 from dmaml.errors import ConfigError
 
 
+# keys whose values are text: never read as YAML ("Table 2: ..." would become a mapping)
+TEXT_KEYS = {"source", "title"}
+
+
 def parse_nested(values):
     """`--config "train={steps: 100, seeds: [0]}"` gives nested values as strings ('100', '0'):
-    read them as YAML, as the config file is read, before checking the types (paths stay
-    strings)."""
+    read them as YAML, as the config file is read, before checking the types. Text stays text:
+    paths, titles, and any string YAML would read as a mapping without braces."""
     items = values.items() if isinstance(values, dict) else enumerate(values)
     for key, value in items:
         if isinstance(value, (dict, list)):
             parse_nested(value)
-        elif isinstance(value, str) and key != "source":
-            values[key] = yaml.safe_load(value)
+        elif isinstance(value, str) and key not in TEXT_KEYS:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue
+            if not isinstance(parsed, dict) or value.lstrip().startswith("{"):
+                values[key] = parsed
+
+
+def check_top_level(schema_path):
+    """Unknown top-level keys (a typo such as `omniglott`) stop the workflow, naming them."""
+    known = yaml.safe_load(Path(workflow.basedir, schema_path).read_text())["properties"]
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise WorkflowError(f"config: unknown top-level key(s) {unknown}; known keys are "
+                            f"{sorted(known)} (workflow/schemas/config.schema.yaml)")
 
 
 parse_nested(config)
+check_top_level("workflow/schemas/config.schema.yaml")
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -80,11 +99,19 @@ GRID = {
     "outer_reduction": "reduction",
     "seeds": "seed",
 }
+INTEGER_GRID_KEYS = {"ways", "shots", "workers", "steps_per_run", "tasks_per_step", "seeds"}
 # experiment keys that shape the grid or the report, not a training run
 REPORT_KEYS = {"from", "splits", "test_shots", "max_step", "sum_beta_per_task", "title"}
 FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split"}
 SRC = Path(workflow.basedir, "src", "dmaml")
-TRAINING_CODE = sorted(str(p) for p in SRC.rglob("*.py") if "report" not in p.parts)
+# Modules that cannot change a run's numbers, so editing them re-runs no training: the command
+# line, benchmarks, run monitoring, provenance and error texts, data preparation (its output, the
+# HDF5 file, is an input of its own) and the report. Any other module (a new one too) is an input
+# of every training job.
+NOT_TRAINING_CODE = {"cli.py", "bench.py", "status.py", "provenance.py", "errors.py",
+                     "data/cli.py", "data/download.py", "data/omniglot.py", "data/miniimagenet.py"}
+TRAINING_CODE = sorted(str(p) for p in SRC.rglob("*.py") if "report" not in p.parts
+                       and p.relative_to(SRC).as_posix() not in NOT_TRAINING_CODE)
 REPORT_CODE = sorted(str(p) for p in SRC.glob("report/*.py")) + [str(SRC / "cli.py")]
 # Jobs run this workflow's own source tree (`python -m dmaml.cli`), so that a job runs exactly
 # the code its `code` inputs name; the environment provides the dependencies.
@@ -174,6 +201,10 @@ def check_experiments():
         if unknown:
             raise WorkflowError(f"config.yaml, {where}: unknown key(s) {unknown}; known keys are "
                                 f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}")
+        for key in INTEGER_GRID_KEYS & set(values):
+            if not all(type(v) is int for v in as_list(values[key])):
+                raise WorkflowError(f"config.yaml, {where}: {key}: must be an integer or a list "
+                                    f"of integers, got {values[key]!r}")
     for name in config["experiments"]:
         for wildcards in runs(name):
             try:
