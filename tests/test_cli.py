@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -92,3 +93,132 @@ def test_help_documents_every_setting(capsys):
     text = capsys.readouterr().out
     for name in config.FIELDS:
         assert f"--{name}" in text
+
+
+def _train_settings(argv: list[str]) -> config.RunConfig:
+    from dmaml.cli import _overrides
+
+    return config.load(None, _overrides(build_parser().parse_args(["train", "--out", "x",
+                                                                   *argv])))
+
+
+@pytest.mark.parametrize("tokens", [["5,10"], ["[5,10]"], ["5", "10"], ["[5]", "10"]])
+def test_list_flags_accept_the_usual_forms(tokens):
+    assert _train_settings([*SINE, "--checkpoint_steps", *tokens]).checkpoint_steps == [5, 10]
+
+
+@pytest.mark.parametrize("tokens", [["[[0,2],[5,1]]"], ["0,2", "5,1"], ["[0,2]", "[5,1]"]])
+def test_worker_schedule_flag_forms(tokens):
+    cfg = _train_settings([*SINE, "--workers", "2", "--worker_schedule", *tokens])
+    assert cfg.worker_schedule == [[0, 2], [5, 1]]
+
+
+def test_empty_list_flag_means_no_checkpoints():
+    assert _train_settings([*SINE, "--checkpoint_steps", "[]"]).checkpoint_steps == []
+
+
+@pytest.mark.parametrize("flag, token, expected", [
+    ("--checkpoint_steps", "abc", "expected a list of steps such as 500,1000 or [500,1000]"),
+    ("--checkpoint_steps", "5.5", "expected a list of steps"),
+    ("--worker_schedule", "[[0,x]]", "expected [from_step, workers] pairs such as"),
+])
+def test_unreadable_list_flag_says_the_form(capsys, flag, token, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *SINE, flag, token, "--out", "x"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_.value.code == 2 and f"{flag}: cannot read {token!r}; {expected}" in err
+
+
+@pytest.mark.parametrize("text, key", [
+    ("checkpoint_steps: 500,1000\n", "checkpoint_steps: must be a list of steps"),
+    ("checkpoint_steps: '[500]'\n", "checkpoint_steps: must be a list of steps"),
+    ("worker_schedule: '[[0,1]]'\n", "worker_schedule: must be a list of [from_step, workers]"),
+])
+def test_config_file_rejects_a_string_for_a_list(tmp_path, text, key):
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("dataset: sine\n" + text)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        config.load(run_yaml)
+
+
+def _help(capsys, *command: str) -> str:
+    """The --help text of ``command``, its whitespace collapsed (argparse wraps lines)."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_shows_each_datasets_default(capsys):
+    text = _help(capsys, "train")
+    assert "[default: None]" not in text
+    assert "--shots V k, support examples per class (sine: support points) " \
+           "[default: sine 10, omniglot 1, miniimagenet 1]" in text
+    assert "--eval_inner_steps V adaptation steps at validation and test " \
+           "[default: sine 1, omniglot 3, miniimagenet 10]" in text
+    assert "[default: omniglot resources/omniglot.h5, miniimagenet resources/miniimagenet.h5]" \
+           in text
+
+
+def test_evaluate_help_prints_a_plain_percent(capsys):
+    text = _help(capsys, "evaluate")
+    assert "95% interval" in text and "%%" not in text
+
+
+@pytest.mark.parametrize("command, flag, values", [
+    (["train", "--out", "x"], "--steps_per_run", ["5"]),
+    (["train", "--out", "x"], "--checkpoint_steps", ["5,10", "20"]),
+    (["train", "--out", "x"], "--diverged_ok", []),
+    (["evaluate", "--run", "r"], "--test_tasks", ["7"]),
+    (["evaluate", "--run", "r"], "--eval_inner_steps", ["2"]),
+    (["figure", "workers", "r", "--out", "f"], "--max_step", ["50"]),
+])
+def test_flags_take_either_spelling(command, flag, values):
+    parse = build_parser().parse_args
+    dashed = "--" + flag[2:].replace("_", "-")
+    underscored = "--" + flag[2:].replace("-", "_")
+    assert parse([*command, dashed, *values]) == parse([*command, underscored, *values]) != \
+        parse(command)
+
+
+@pytest.mark.parametrize("command, example", [
+    (["train"], "--steps-per-run is --steps_per_run"),
+    (["evaluate"], "--test-tasks is --test_tasks"),
+    (["figure"], "--max-step is --max_step"),
+])
+def test_help_says_flags_take_either_spelling(capsys, command, example):
+    assert f"Flags may be spelt with - or _ ({example})" in _help(capsys, *command)
+
+
+def test_unknown_flag_prints_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--stepz", "5", "--out", "x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("usage: dmaml train") and "unrecognized arguments: --stepz 5" in err
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A run folder as `dmaml train` leaves it, with checkpoints of steps 5 and 10 kept."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    config.dump(config.load(None, {"dataset": "sine"}), run / "config.yaml")
+    for name in ("step000005.npz", "step000010.npz", "latest.npz"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    return run
+
+
+def test_evaluate_a_step_never_kept_lists_the_kept_steps(run_folder, caplog):
+    assert main(["evaluate", "--run", str(run_folder), "--step", "7"]) == 2
+    assert "no checkpoint of step 7; steps kept: [5, 10]" in caplog.text
+
+
+def test_evaluate_a_missing_run_folder(tmp_path, caplog):
+    assert main(["evaluate", "--run", str(tmp_path / "none")]) == 2
+    assert "none: no such run folder" in caplog.text
+
+
+def test_evaluate_a_folder_without_config(run_folder, caplog):
+    (run_folder / "config.yaml").unlink()
+    assert main(["evaluate", "--run", str(run_folder)]) == 2
+    assert "config.yaml: not found" in caplog.text

@@ -1,16 +1,19 @@
 """The ``dmaml`` command line: train, evaluate, and the data-preparation commands.
 
 Every run setting is a ``--key value`` flag named as in the config file (SPEC section 8); flags
-override the file given with ``--config``. Values are read as YAML, so lists and booleans work:
-``--checkpoint_steps [500,1000] --first_order true``.
+override the file given with ``--config``. Values are read as YAML, so booleans work
+(``--first_order true``); list settings take ``500,1000``, ``[500,1000]`` or ``500 1000``. Flags
+may be spelt with ``-`` or ``_``: ``--steps-per-run`` is ``--steps_per_run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -18,9 +21,9 @@ import yaml
 
 from dmaml import __version__
 from dmaml.bench import add_command as add_bench_command
-from dmaml.config import FIELDS
+from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
-from dmaml.errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
+from dmaml.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 
 log = logging.getLogger("dmaml")
 
@@ -37,7 +40,8 @@ HELP = {
     "merge": "mean | weighted | drop_worst",
     "merge_temperature": "T of the weighted merge, weights softmax(-loss/T)",
     "merge_drop": "workers left out by drop_worst",
-    "worker_schedule": "[[from_step, n], ...]: fewer workers later in training",
+    "worker_schedule": "[[from_step, n], ...]: fewer workers later in training, e.g. "
+                       "[[0,4],[500,2]] or 0,4 500,2 [default: n throughout]",
     "alpha": "inner (adaptation) learning rate",
     "beta": "meta learning rate (Adam)",
     "inner_steps": "adaptation steps in training",
@@ -47,8 +51,9 @@ HELP = {
     "eval_every": "MAML steps between validations (a metrics.csv row each)",
     "val_tasks": "validation tasks",
     "test_tasks": "test tasks at each checkpoint step (0: no testing)",
-    "checkpoint_steps": "steps whose parameters are kept and tested, e.g. [500,1000]",
-    "checkpoint_every": "MAML steps between resume checkpoints (default eval_every)",
+    "checkpoint_steps": "steps whose parameters are kept and tested, e.g. 500,1000 or [500,1000] "
+                        "or 500 1000",
+    "checkpoint_every": "MAML steps between resume checkpoints [default: eval_every]",
     "seed": "seed of initialisation and training tasks",
     "eval_seed": "seed of the validation and test tasks (same for every run)",
     "engine": "sequential | vectorized | processes | cluster",
@@ -66,17 +71,70 @@ def _value(text: str):
         return yaml.safe_load(text)
 
 
+# List settings: how deep their items nest (1: [500,1000]; 2: [[0,4],[500,2]]) and the forms an
+# unreadable value is told to take.
+LISTS = {
+    "checkpoint_steps": (1, "a list of steps such as 500,1000 or [500,1000]"),
+    "worker_schedule": (2, "[from_step, workers] pairs such as [[0,4],[500,2]] or 0,4 500,2"),
+}
+
+
+def _ints(value, depth: int) -> bool:
+    """Whether ``value`` is lists nested ``depth`` deep with integers at the bottom."""
+    if depth == 0:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, list) and all(_ints(v, depth - 1) for v in value)
+
+
+def _list_part(name: str, token: str) -> list:
+    """One word of a list flag (``500,1000``, ``[500,1000]``, ``500``; pairs alike) as a list."""
+    depth, form = LISTS[name]
+    try:
+        value = yaml.safe_load(token if token.lstrip().startswith("[") else f"[{token}]")
+    except yaml.YAMLError:
+        value = None
+    if depth == 2 and value and _ints(value, 1):
+        value = [value]  # one pair a word: 0,4 500,2
+    if not _ints(value, depth):
+        raise argparse.ArgumentTypeError(f"cannot read {token!r}; expected {form}")
+    return value
+
+
+def _add_flag(container, flag: str, **kwargs) -> None:
+    """Add ``flag`` and, hidden from the help, its other spelling (``_`` and ``-`` swapped)."""
+    container.add_argument(flag, **kwargs)
+    name = flag[2:]
+    other = "--" + (name.replace("_", "-") if "_" in name else name.replace("-", "_"))
+    if other != flag:
+        container.add_argument(other, **{**kwargs, "help": argparse.SUPPRESS})
+
+
+def _default(name: str) -> str:
+    """The ``[default: ...]`` of a run flag's help: each dataset's Table 6 value, or the field's."""
+    per_dataset = ", ".join(f"{d} {DATASET_DEFAULTS[d][name]}" for d in DATASETS
+                            if name in DATASET_DEFAULTS[d])
+    f = FIELDS[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if per_dataset or default is not None:
+        return f" [default: {per_dataset or default}]"
+    return ""  # its help text says what unset means
+
+
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """A ``--key`` flag for every run setting."""
     group = parser.add_argument_group("run settings (default: the config file, then Table 6)")
-    for name, f in FIELDS.items():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        group.add_argument(f"--{name}", type=_value, default=None, metavar="V",
-                           help=f"{HELP.get(name, '')} [default: {default}]")
+    for name in FIELDS:
+        kind = {"nargs": "+", "type": functools.partial(_list_part, name)} if name in LISTS \
+            else {"type": _value}
+        _add_flag(group, f"--{name}", **kind, default=None, metavar="V",
+                  help=HELP.get(name, "") + _default(name))
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    """The run settings given as flags; a list flag's words joined into one list."""
+    values = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    return {name: [item for part in v for item in part] if name in LISTS else v
+            for name, v in values.items()}
 
 
 def _set_threads(threads: int) -> None:
@@ -105,17 +163,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    config_file, path = _run_config_file(run), _checkpoint_file(run, args.step)  # before TF loads
+
     from dmaml import checkpoint, config, models
     from dmaml.evaluate import Evaluator
     from dmaml.tasks import make_sampler
 
-    run = Path(args.run)
-    cfg = config.load(run / "config.yaml",
+    cfg = config.load(config_file,
                       {k: v for k, v in (("test_tasks", args.test_tasks),
                                          ("eval_inner_steps", args.eval_inner_steps)) if v})
     _set_threads(cfg.threads)
-    name = f"step{args.step:06d}.npz" if args.step else "latest.npz"
-    theta = checkpoint.unpack("theta", checkpoint.load(run / "checkpoints" / name))
+    theta = checkpoint.unpack("theta", checkpoint.load(path))
     model = models.for_config(cfg)
     shots = args.shots or cfg.shots
     if args.extrapolate:
@@ -124,13 +183,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluator = Evaluator(model, make_sampler(cfg, args.split, shots), args.split,
                           cfg.test_tasks, cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
     score = evaluator(theta)
-    result = {"run": str(run), "checkpoint": name, "split": args.split, "shots": shots,
+    result = {"run": str(run), "checkpoint": path.name, "split": args.split, "shots": shots,
               "eval_inner_steps": cfg.eval_inner_steps,
               "metric": "accuracy" if model.classification else "mse", **dataclasses.asdict(score)}
     print(json.dumps(result))
     if args.out:
         _write_text(args.out, json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _run_config_file(run: Path) -> Path:
+    """The ``config.yaml`` of the run folder ``run``; an error if ``run`` is not one."""
+    path = run / "config.yaml"
+    if not run.is_dir():
+        raise ConfigError(f"{run}: no such run folder; give --run a folder written by "
+                          "`dmaml train --out`")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; {run} is not a run folder written by "
+                          "`dmaml train --out`")
+    return path
+
+
+def _checkpoint_file(run: Path, step: int | None) -> Path:
+    """The checkpoint of ``step`` (None: the latest state) in ``run``; a missing one lists those kept."""
+    folder = run / "checkpoints"
+    path = folder / (f"step{step:06d}.npz" if step is not None else "latest.npz")
+    if not path.is_file():
+        kept = sorted(int(m[1]) for p in folder.glob("step*.npz")
+                      if (m := re.fullmatch(r"step(\d+)", p.stem)))
+        what = f"no checkpoint of step {step}" if step is not None else "no checkpoint yet"
+        raise CheckpointError(f"{path}: {what}; steps kept: {kept} (the run's checkpoint_steps "
+                              "that it reached); choose one with --step")
+    return path
 
 
 def _extrapolate(out: Path, cfg, model, theta, shots: int, run: Path) -> None:
@@ -181,35 +265,54 @@ def cmd_figure(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it rejects unknown flags itself, so the error shows its own usage
+    (argparse leaves them to the top-level parser, whose usage does not help)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def _spelling(dashed: str, underscored: str) -> str:
+    """The --help sentence saying that a command's flags take ``-`` or ``_``."""
+    return f" Flags may be spelt with - or _ ({dashed} is {underscored})."
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dmaml`` parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="dmaml", description="Distributed MAML (DMAML): train, evaluate, prepare data.")
     parser.add_argument("--version", action="version", version=f"dmaml {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     train = sub.add_parser(
         "train", help="train one DMAML run into a run folder (resumes if it holds a checkpoint)",
         description="Train one DMAML run. Settings come from --config, then flags; unset ones take "
                     "the paper's Table 6 value for the dataset. Writes config.yaml, run.json, "
                     "metrics.csv, test.csv and checkpoints/ into --out; started again on the "
-                    "same --out, it resumes from the last checkpoint.")
+                    "same --out, it resumes from the last checkpoint."
+                    + _spelling("--steps-per-run", "--steps_per_run"))
     train.add_argument("--config", type=Path, help="run config YAML (keys as the flags below)")
     train.add_argument("--out", type=Path, required=True, help="run folder")
-    train.add_argument("--diverged-ok", action="store_true",
-                       help="exit 0 when the run diverges (run.json says so and the tables mark "
-                            "it), so that a workflow goes on to report the other runs")
+    _add_flag(train, "--diverged-ok", action="store_true",
+              help="exit 0 when the run diverges (run.json says so and the tables mark "
+                   "it), so that a workflow goes on to report the other runs")
     add_run_flags(train)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a saved checkpoint on fixed test tasks",
                         description="Adapt a run's saved parameters on fixed test tasks and print "
-                                    "mean and 95%% interval as one JSON line.")
+                                    "mean and 95% interval as one JSON line."
+                                    + _spelling("--test-tasks", "--test_tasks"))
     ev.add_argument("--run", required=True, help="run folder written by `dmaml train`")
     ev.add_argument("--step", type=int, help="checkpoint step (default: the latest state)")
-    ev.add_argument("--test_tasks", type=int, help="number of tasks (default: the run's)")
+    _add_flag(ev, "--test_tasks", type=int, help="number of tasks (default: the run's)")
     ev.add_argument("--shots", type=int, help="support examples (sine: points), e.g. Table 1's K")
-    ev.add_argument("--eval_inner_steps", type=int, help="adaptation steps (default: the run's)")
+    _add_flag(ev, "--eval_inner_steps", type=int, help="adaptation steps (default: the run's)")
     ev.add_argument("--split", default="test", choices=["val", "test"])
     ev.add_argument("--out", type=Path, help="also write the result to this JSON file")
     ev.add_argument("--extrapolate", type=Path, metavar="CSV",
@@ -231,12 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
                             description="workers: Figure 3; steps_per_run: Figure 4; tasks: "
                                         "Figure 5; split: Figure 6 (inputs: run folders); "
                                         "extrapolation: Figure 2 (inputs: `dmaml evaluate "
-                                        "--extrapolate` CSVs). Writes OUT as .png, .pdf and .txt.")
+                                        "--extrapolate` CSVs). Writes OUT as .png, .pdf and .txt."
+                                        + _spelling("--max-step", "--max_step"))
     figure.add_argument("kind", choices=sorted(FIGURES))
     figure.add_argument("inputs", nargs="+", help="run folders or prediction CSVs")
     figure.add_argument("--out", type=Path, required=True, help="output path (suffix ignored)")
-    figure.add_argument("--max_step", type=int, default=0,
-                        help="workers: last MAML step shown (0: 1000, as in the paper)")
+    _add_flag(figure, "--max_step", type=int, default=0,
+              help="workers: last MAML step shown (0: 1000, as in the paper)")
     figure.set_defaults(func=cmd_figure)
 
     add_data_commands(sub)

@@ -137,6 +137,8 @@ def _check(c: RunConfig) -> None:
              f"{c.eval_every} is not a multiple of steps_per_run={m}")
     _require(c.checkpoint_every % m == 0, "checkpoint_every",
              f"{c.checkpoint_every} is not a multiple of steps_per_run={m}")
+    _require(isinstance(c.checkpoint_steps, list), "checkpoint_steps",
+             f"must be a list of steps such as [500, 1000], got {c.checkpoint_steps!r}")
     for s in c.checkpoint_steps:
         _require(isinstance(s, int) and s >= 1 and s % m == 0, "checkpoint_steps",
                  f"{s!r} must be a positive multiple of steps_per_run={m}")
@@ -146,11 +148,13 @@ def _check(c: RunConfig) -> None:
         raise ConfigError(f"data: set the HDF5 file of the {c.dataset} dataset")
     if c.worker_schedule is not None:
         sched = c.worker_schedule
-        _require(isinstance(sched, list) and all(
-            isinstance(p, (list, tuple)) and len(p) == 2 for p in sched), "worker_schedule",
-                 "must be a list of [from_step, workers] pairs")
+        pairs = isinstance(sched, list) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, int) for v in p)
+            for p in sched)
+        _require(pairs, "worker_schedule", "must be a list of [from_step, workers] pairs such as "
+                 f"[[0, 4], [500, 2]], got {sched!r}")
         ns = [n for _, n in sorted(sched)]
-        _require(all(isinstance(n, int) and 1 <= n <= c.workers for n in ns), "worker_schedule",
+        _require(all(1 <= n <= c.workers for n in ns), "worker_schedule",
                  f"worker counts must be between 1 and workers={c.workers}")
         _require(ns == sorted(ns, reverse=True), "worker_schedule",
                  "worker counts may only decrease over training")
