@@ -1,4 +1,5 @@
-"""dmaml.data.download: fetching through a temporary name, pinned checksums, local copies."""
+"""dmaml.data.download: fetching through a temporary name, pinned checksums, local copies,
+truncated zips refused before they replace anything."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import http.server
 import logging
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,10 +34,20 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.fixture()
 def payload(tmp_path) -> Path:
+    """A real zip of 256 kB (stored, not compressed) in the folder ``src``."""
     path = tmp_path / "src" / "archive.zip"
     path.parent.mkdir()
-    path.write_bytes(bytes(range(256)) * 1000)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data.bin", bytes(range(256)) * 1000)
     return path
+
+
+def truncated_copy(payload: Path, folder: Path) -> Path:
+    """A copy of ``payload`` cut at half its length (a killed copy), in ``folder``."""
+    folder.mkdir()
+    cut = folder / payload.name
+    cut.write_bytes(payload.read_bytes()[: payload.stat().st_size // 2])
+    return cut
 
 
 @pytest.fixture()
@@ -81,8 +93,8 @@ def test_fetch_http(http_server, payload, tmp_path):
     assert dest.read_bytes() == payload.read_bytes()
 
 
-def test_fetch_cut_short_leaves_nothing(http_server, tmp_path):
-    with pytest.raises(DownloadError, match="received 1000 of 256000 bytes"):
+def test_fetch_cut_short_leaves_nothing(http_server, payload, tmp_path):
+    with pytest.raises(DownloadError, match=f"received 1000 of {payload.stat().st_size} bytes"):
         fetch(f"{http_server}/cut.zip", tmp_path / "out" / "archive.zip")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -140,6 +152,30 @@ def test_obtain_in_place_accepts_a_local_copy(payload, caplog):
     with caplog.at_level(logging.WARNING):
         path, _ = obtain(payload.parent, Archive("archive.zip", md5="0" * 32), payload.parent)
     assert path == payload and "accepted as a local copy" in caplog.text
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["folder", "file-url"])
+def test_obtain_refuses_a_truncated_zip(payload, tmp_path, as_url):
+    cut = truncated_copy(payload, tmp_path / "cut")
+    source = cut.parent.as_uri() if as_url else cut.parent
+    archive = Archive("archive.zip", md5=file_digests(payload)["md5"])
+    with pytest.raises(DownloadError, match=rf"{cut.as_uri() if as_url else cut}: .*truncated"
+                                            r".*copy it again"):
+        obtain(source, archive, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_refused_fetch_keeps_the_copy_present(payload, tmp_path):
+    """A truncated source, or a strict checksum mismatch, leaves a copy already in place alone."""
+    cache = tmp_path / "cache"
+    accepted = Archive("archive.zip", md5="0" * 32)  # the present copy differs from the pin too
+    obtain(payload.parent, accepted, cache)
+    before = (cache / "archive.zip").read_bytes()
+    with pytest.raises(DownloadError, match="truncated"):
+        obtain(truncated_copy(payload, tmp_path / "cut").parent, accepted, cache)
+    with pytest.raises(ChecksumError):
+        obtain(payload.parent, accepted, cache, strict=True)
+    assert (cache / "archive.zip").read_bytes() == before and leftovers(cache) == []
 
 
 def test_missing_source(tmp_path):

@@ -1,5 +1,6 @@
 """The data rules of the workflow, run by Snakemake on generated Omniglot zips in a copy of the
-workflow (download -> preprocess -> resources/omniglot.h5), and the miniImageNet rule on generated
+workflow (download -> preprocess -> resources/omniglot.h5): checksum warnings on the terminal, a
+new source re-running nothing, a truncated zip refused; and the miniImageNet rule on generated
 pickles and without a source."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dmaml.data.download import OMNIGLOT_ARCHIVES
 from dmaml.data.store import read_split
 
 from .conftest import ROOT, make_omniglot_source
@@ -48,6 +50,43 @@ def test_omniglot_target(workflow):
     log = (workflow / "logs" / "download_omniglot" / "omniglot.log").read_text()
     assert "differs from the pinned md5" in log  # generated zips: accepted with a warning
     assert (workflow / "logs" / "preprocess_omniglot" / "omniglot.log").is_file()
+    for name in ("images_background.zip", "images_evaluation.zip"):  # once each, on the terminal
+        assert done.stderr.count(f"differs from the pinned md5 {OMNIGLOT_ARCHIVES[name[:-4]].md5}"
+                                 ) == 1, done.stderr[-3000:]
+
+
+def fingerprint(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder``: its mtime (ns) and its bytes."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_new_source_reruns_nothing(workflow):
+    """Zips fetched and checked once are kept whatever the source says later: another folder
+    with the same zips, or a URL that cannot be reached (offline)."""
+    source = make_omniglot_source(workflow / "source")
+    done = snakemake(workflow, "resources/omniglot.h5", "--config", f"omniglot={{source: {source}}}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = fingerprint(workflow / "resources")
+    assert "omniglot.h5" in before and "omniglot/images_background.zip" in before
+    shutil.copytree(source, workflow / "elsewhere")
+    for other in (workflow / "elsewhere", "https://127.0.0.1:9/omniglot"):
+        args = ("resources/omniglot.h5", "--config", f"omniglot={{source: {other}}}")
+        planned = snakemake(workflow, "-n", *args)
+        assert planned.returncode == 0 and "Nothing to be done" in planned.stdout, planned.stdout
+        assert snakemake(workflow, *args).returncode == 0
+    assert fingerprint(workflow / "resources") == before
+
+
+def test_truncated_zip_is_refused_at_download(workflow):
+    source = make_omniglot_source(workflow / "source")
+    zip_path = source / "images_evaluation.zip"
+    zip_path.write_bytes(zip_path.read_bytes()[: zip_path.stat().st_size // 2])  # a killed copy
+    done = snakemake(workflow, "resources/omniglot.h5", "--config", f"omniglot={{source: {source}}}")
+    assert done.returncode != 0 and "command exited with non-zero exit code" in done.stderr
+    assert f"{zip_path}: not a complete zip archive" in done.stderr, done.stderr[-3000:]
+    assert "copy it again" in done.stderr
+    assert not list((workflow / "resources" / "omniglot").glob("*.zip"))
 
 
 def test_miniimagenet_without_source_fails_at_once(workflow):

@@ -1,20 +1,24 @@
+# Where the zips come from must not make Snakemake fetch again (and re-run everything downstream)
+# zips that are here and checked: the source is a function of the output, a kind of param that
+# Snakemake's params trigger leaves out. Warnings (checksums) and errors reach the terminal too.
 rule download_omniglot:
     output:
         background="resources/omniglot/images_background.zip",
         evaluation="resources/omniglot/images_evaluation.zip",
-    params:
-        source=config["omniglot"]["source"],
-        strict=omniglot_strict,
-        out_dir=lambda wildcards, output: Path(output.background).parent,
     log:
         "logs/download_omniglot/omniglot.log",
+    retries: 3
+    localrule: True
     conda:
         "../../envs/dmaml.yaml"
-    localrule: True
-    retries: 3
+    params:
+        source=lambda wildcards, output: config["omniglot"]["source"],
+        strict=omniglot_strict,
+        out_dir=lambda wildcards, output: Path(output.background).parent,
     shell:
-        "python -m dmaml.cli download-omniglot --source {params.source:q} --out-dir {params.out_dir:q} "
-        "{params.strict} > {log} 2>&1"
+        "set -o pipefail; python -m dmaml.cli download-omniglot --source {params.source:q} "
+        "--out-dir {params.out_dir:q} {params.strict} 2>&1 | tee {log} | "
+        "{{ grep -E ' (WARNING|ERROR) ' >&2 || true; }}"
 
 
 rule preprocess_omniglot:
@@ -22,20 +26,20 @@ rule preprocess_omniglot:
         rules.download_omniglot.output,
     output:
         "resources/omniglot.h5",
-    params:
-        source=lambda wildcards, input: Path(input[0]).parent,
-        strict=omniglot_strict,
-        val_alphabets=config["omniglot"]["val_alphabets"],
     log:
         "logs/preprocess_omniglot/omniglot.log",
-    conda:
-        "../../envs/dmaml.yaml"
     benchmark:
         "benchmarks/preprocess_omniglot/omniglot.tsv"
+    conda:
+        "../../envs/dmaml.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        source=lambda wildcards, input: Path(input[0]).parent,
+        strict=omniglot_strict,
+        val_alphabets=config["omniglot"]["val_alphabets"],
     shell:
         "python -m dmaml.cli prepare-omniglot --source {params.source:q} --out {output:q} "
         "--val-alphabets {params.val_alphabets} {params.strict} > {log} 2>&1"
@@ -46,18 +50,18 @@ rule preprocess_miniimagenet:
         miniimagenet_source,
     output:
         "resources/miniimagenet.h5",
-    params:
-        aggregate=miniimagenet_aggregate,
     log:
         "logs/preprocess_miniimagenet/miniimagenet.log",
-    conda:
-        "../../envs/dmaml.yaml"
     benchmark:
         "benchmarks/preprocess_miniimagenet/miniimagenet.tsv"
+    conda:
+        "../../envs/dmaml.yaml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=60,
+    params:
+        aggregate=miniimagenet_aggregate,
     shell:
         "python -m dmaml.cli prepare-miniimagenet --source {input:q} --out {output:q} {params.aggregate} "
         "--threads {threads} > {log} 2>&1"

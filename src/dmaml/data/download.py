@@ -3,8 +3,8 @@
 A *source* is either a local folder that holds the archives (offline machines, clusters whose
 compute nodes have no internet) or a URL prefix (``https://...``, ``http://...`` or
 ``file:///...``) under which each archive is fetched by name. Downloads go to a temporary name
-beside the target and are renamed when complete, so an interrupted download never leaves a file
-under the final name.
+beside the target and are renamed only once complete and checked, so an interrupted download, a
+truncated zip or a refused checksum never leaves a file under the final name, nor replaces one.
 
 Every archive has a pinned checksum (sha256 where the official bytes were available to compute
 it, md5 otherwise, as published). A copy whose checksum differs, e.g. a re-encoded mirror with
@@ -20,6 +20,8 @@ import logging
 import os
 import time
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,23 +81,39 @@ def file_digests(path: str | os.PathLike) -> dict[str, str]:
     return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
 
 
-def verify(path: str | os.PathLike, archive: Archive, *, strict: bool = False) -> dict[str, str]:
+def verify(path: str | os.PathLike, archive: Archive, *, strict: bool = False,
+           origin: str | os.PathLike | None = None) -> dict[str, str]:
     """Compare ``path`` with the pinned checksum of ``archive`` and return its digests.
 
-    A mismatch is logged as a warning naming both checksums, or raised as
-    :class:`ChecksumError` when ``strict``.
+    A mismatch is logged as a warning naming both checksums and ``origin`` (where the file came
+    from; default ``path``), or raised as :class:`ChecksumError` when ``strict``.
     """
     digests = file_digests(path)
     algorithm, expected = archive.pinned
     actual = digests[algorithm]
     if actual != expected:
-        message = (f"{path}: {algorithm} {actual} differs from the pinned {algorithm} {expected} "
-                   f"of the official {archive.filename}")
+        message = (f"{origin or path}: {algorithm} {actual} differs from the pinned {algorithm} "
+                   f"{expected} of the official {archive.filename}")
         if strict:
             raise ChecksumError(f"{message}; use the official file, or accept this copy by turning "
                                 "strict checking off (no `--strict`; config `strict: false`)")
         log.warning("%s; accepted as a local copy (strict checking is off)", message)
     return digests
+
+
+def check_zip(path: str | os.PathLike, origin: str | os.PathLike | None = None) -> None:
+    """Raise :class:`DownloadError` naming ``origin`` (default ``path``) unless ``path`` is a
+    complete zip archive: its directory readable and every member's CRC right."""
+    origin = origin or path
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        bad = e
+    if bad is not None:
+        raise DownloadError(f"{origin}: not a complete zip archive ({bad}); the file is truncated "
+                            "or corrupt (e.g. an interrupted copy): copy it again or download "
+                            "it anew, nothing was put in place")
 
 
 def fetch(url: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
@@ -104,7 +122,7 @@ def fetch(url: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
     Logs a progress line about every 2 seconds. Raises :class:`DownloadError` on a network
     error, a missing file or a response shorter than its announced length.
     """
-    dest = Path(dest)
+    dest, name = Path(dest), url.rsplit("/", 1)[-1]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
     try:
@@ -117,11 +135,11 @@ def fetch(url: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
                 done += len(block)
                 if time.monotonic() - last >= 2.0:
                     last = time.monotonic()
-                    log.info("%s: %s", dest.name, _progress(done, total))
+                    log.info("%s: %s", name, _progress(done, total))
         if total is not None and done != total:
             raise DownloadError(f"{url}: received {done} of {total} bytes; the connection was cut, "
                                 "run the download again")
-        log.info("%s: %s, done", dest.name, _progress(done, total))
+        log.info("%s: %s, done", name, _progress(done, total))
         os.replace(tmp, dest)
     except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
         raise DownloadError(f"{url}: cannot download ({getattr(e, 'reason', e)}); check the "
@@ -158,8 +176,10 @@ def obtain(source: str | os.PathLike, archive: Archive, dest_dir: str | os.PathL
 
     A copy already in ``dest_dir`` is kept when it has the pinned checksum, and is checked in
     place when ``source`` is ``dest_dir`` itself. Otherwise the file is fetched (a local folder
-    as a ``file://`` URL, the same way as a download) and checked with :func:`verify`; a strict
-    mismatch removes the fetched file. Returns the copy's path and its digests.
+    as a ``file://`` URL, the same way as a download) to a temporary name, checked with
+    :func:`check_zip` and :func:`verify`, and only then renamed into place: a truncated zip or a
+    strict mismatch raises and leaves ``dest_dir`` as it was. Returns the copy's path and its
+    digests.
     """
     dest = Path(dest_dir) / archive.filename
     if dest.is_file():
@@ -167,15 +187,17 @@ def obtain(source: str | os.PathLike, archive: Archive, dest_dir: str | os.PathL
         if digests[archive.pinned[0]] == archive.pinned[1]:
             log.info("%s: present with the pinned checksum", dest)
             return dest, digests
-    where = locate(source, archive)
-    if isinstance(where, Path):
-        if where.resolve() == dest.resolve():
-            return dest, verify(dest, archive, strict=strict)
-        where = where.resolve().as_uri()
-    log.info("%s: fetching %s", dest, where)
-    fetch(where, dest, timeout=timeout)
-    try:
+    origin = locate(source, archive)
+    if isinstance(origin, Path) and origin.resolve() == dest.resolve():
         return dest, verify(dest, archive, strict=strict)
-    except ChecksumError:
-        dest.unlink()
-        raise
+    url = origin.resolve().as_uri() if isinstance(origin, Path) else origin
+    log.info("%s: fetching %s", dest, url)
+    fetched = dest.with_name(f".{dest.name}.fetched{os.getpid()}")
+    try:
+        fetch(url, fetched, timeout=timeout)
+        check_zip(fetched, origin)
+        digests = verify(fetched, archive, strict=strict, origin=origin)
+        os.replace(fetched, dest)
+    finally:
+        fetched.unlink(missing_ok=True)
+    return dest, digests
