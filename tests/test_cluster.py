@@ -189,11 +189,12 @@ def test_cluster_training_on_slurm_equals_sequential(slurm_cluster, tmp_path):
     Learner(cfg, tmp_path / "sequential").train()
     metrics = [pd.read_csv(run / "metrics.csv") for run in (cluster_run, tmp_path / "sequential")]
     assert list(metrics[0]["step"]) == [2, 4, 6]
-    for column in ("train_loss", "val_loss"):
+    for column in ("train_loss", "val_loss"):  # continuous in the parameters: round-off only
         np.testing.assert_allclose(metrics[0][column], metrics[1][column], rtol=1e-4)
     thetas = [checkpoint.unpack("theta", checkpoint.load(run / "checkpoints/latest.npz"))
               for run in (cluster_run, tmp_path / "sequential")]
     for k, p in thetas[1].items():
-        # Adam's sign(g) steps: a few elements may differ by up to beta per MAML step
+        # Adam's sign(g) steps: a few elements may differ by up to beta per MAML step (the
+        # bounds of test_engines.assert_same)
         off = np.abs(thetas[0][k] - p)
         assert off.max() <= 2 * cfg.beta * STEPS and np.sum(off > 1e-5) <= max(2, 0.01 * off.size)

@@ -8,13 +8,20 @@ compared end to end, where two amplifiers of round-off need tolerances that say 
 - Adam moves a parameter by about ``beta * sign(g)`` however small ``g`` is, so a gradient
   component within round-off of zero can step either way: parameters are compared tightly except
   for a few elements, which must be within one Adam step (2 * beta) per MAML step.
-- A ReLU input within round-off of zero (here about once in three forward passes of the
-  miniImageNet model: 84x84 feature maps) is gated open in one float32 computation and shut in
-  another. The loss is continuous there, its gradient is not: that channel's batch-norm offset
-  gradient, and what flows below it, differ by a few percent of the layer's largest. The sequential
-  engine's own float32 result is then as far from float64 as the vectorized one. So Adam's moments
-  of that model are compared to 10% of the largest, and its inner rate is small so that a kink in
-  the inner gradient does not reach the loss.
+- A ReLU input within round-off of zero is gated open in one float32 computation and shut in
+  another (which sums, and so which ReLU inputs land there, depends on the kernels oneDNN and XLA
+  pick for the CPU: an AMD EPYC and an Intel Xeon differ). The loss is continuous there, its
+  gradient is not: that channel's gradient, and what flows below it, differ by a few percent of
+  the layer's largest, in a few elements. The sequential engine's own float32 result is then as
+  far from float64 as the vectorized one.
+
+So Adam's moments are compared element by element against the layer's largest moment (its
+*scale*): all but a few elements (:data:`FEW`) within round-off (:data:`TIGHT`, 0.2% of the scale;
+this Xeon's largest is 0.13%, with oneDNN on or off), and every element within one kink
+(:data:`KINKS`, 5% of the scale; the deviation seen on an AMD EPYC was 0.3%). miniImageNet's
+84x84 feature maps meet a kink about once in three forward passes, and what flows below one is
+many elements: its moments are compared to 10% of the scale throughout, and its inner rate is
+small so that a kink in the inner gradient does not reach the loss.
 """
 
 from __future__ import annotations
@@ -62,8 +69,31 @@ def start(cfg: config.RunConfig, n: int):
     return theta, {w: optimizer.init(theta) for w in range(n)}
 
 
+TIGHT = 2e-3  # round-off, as a fraction of the layer's largest moment
+FEW = 0.01  # fraction of a layer's elements that may be past TIGHT (at least 2)
+# per model: (every element within this fraction of the largest, fraction that may be past TIGHT)
+KINKS = {"sine": (0.05, FEW), "omniglot": (0.05, FEW), "miniimagenet": (0.1, 1.0)}
+
+
+def assert_near(got: np.ndarray, ref: np.ndarray, scale: float, kinks: tuple[float, float],
+                what: str) -> None:
+    """Every element of ``got`` within ``kink * scale`` of ``ref``, all but a fraction ``few``
+    within ``TIGHT * scale``, for ``kinks = (kink, few)`` (see the module docstring)."""
+    kink, few = kinks
+    off = np.abs(got - ref) / scale
+    worst = np.unravel_index(np.argmax(off), off.shape)
+    assert off.max() <= kink, (f"{what}: element {worst}, {got[worst]} against {ref[worst]}, is "
+                               f"{off.max():.3g} of the largest (at most {kink})")
+    past = int(np.sum(off > TIGHT))
+    assert past <= max(2, few * off.size), (f"{what}: {past} of {off.size} elements past "
+                                            f"{TIGHT} of the largest (at most {few:.0%})")
+
+
 def assert_same(results: dict, reference: dict, cfg: config.RunConfig) -> None:
-    kinks = 0.1 if cfg.dataset == "miniimagenet" else 2e-3  # see the module docstring
+    """Engine results equal to float32 round-off and ReLU kinks (see the module docstring).
+    Losses are continuous (relative 1e-4; seen: 1e-5); accuracies count argmax decisions, which
+    flip only at a tie of two logits within round-off (relative 1e-4)."""
+    kinks = KINKS[cfg.dataset]
     assert sorted(results) == sorted(reference)
     for w, ref in reference.items():
         got = results[w]
@@ -72,13 +102,34 @@ def assert_same(results: dict, reference: dict, cfg: config.RunConfig) -> None:
         assert float(got.opt_state.t) == float(ref.opt_state.t)
         for k, p in ref.params.items():
             scale = np.abs(ref.opt_state.m[k]).max()
-            np.testing.assert_allclose(got.opt_state.m[k], ref.opt_state.m[k],
-                                       atol=kinks * scale, err_msg=f"worker {w} m {k}")
-            np.testing.assert_allclose(np.sqrt(got.opt_state.v[k]), np.sqrt(ref.opt_state.v[k]),
-                                       atol=kinks * scale, err_msg=f"worker {w} v {k}")
+            assert_near(got.opt_state.m[k], ref.opt_state.m[k], scale, kinks, f"worker {w} m {k}")
+            assert_near(np.sqrt(got.opt_state.v[k]), np.sqrt(ref.opt_state.v[k]), scale, kinks,
+                        f"worker {w} sqrt(v) {k}")
+            # Adam moves an element by about beta whatever its gradient: one that a kink or
+            # round-off turned moves by at most 2 beta per MAML step
             off = np.abs(got.params[k] - p)
             assert off.max() <= 2 * cfg.beta * cfg.steps_per_run, (w, k, off.max())
-            assert np.sum(off > 1e-5) <= max(2, 0.01 * off.size), (w, k, np.sum(off > 1e-5))
+            assert np.sum(off > 1e-5) <= max(2, FEW * off.size), (w, k, np.sum(off > 1e-5))
+
+
+def test_the_tolerance_admits_kinks_not_errors():
+    """The deviation seen on an AMD EPYC (11 of 36,864 elements at 0.3% of the largest) passes;
+    one element off by a tenth, or 2% of the elements past round-off, fail."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
+    scale = float(np.abs(ref).max())
+    kinks = KINKS["omniglot"]
+    amd = ref.copy()
+    amd.flat[rng.choice(ref.size, 11, replace=False)] += 3e-3 * scale
+    assert_near(amd, ref, scale, kinks, "amd")
+    far = ref.copy()
+    far.flat[7] += 0.1 * scale
+    with pytest.raises(AssertionError, match="0.1 of the largest"):
+        assert_near(far, ref, scale, kinks, "far")
+    many = ref.copy()
+    many.flat[:int(0.02 * ref.size)] += 3e-3 * scale
+    with pytest.raises(AssertionError, match="elements past"):
+        assert_near(many, ref, scale, kinks, "many")
 
 
 def _float64_setup(dataset: str, data: dict, n: int = 2, t: int = 2):

@@ -138,6 +138,8 @@ def test_sine_learns_to_adapt(tmp_path):
     sampler = SineSampler(10, 10)
     adapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 1)(final["theta"])
     unadapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 0)(final["theta"])
+    # measured (Intel Xeon, oneDNN on and off alike): adapted 0.51, unadapted 3.00; the bounds
+    # leave 3x on each, far more than another CPU's float32 round-off moves a 2,000-step run
     assert adapted.mean < 0.5 * unadapted.mean, (adapted, unadapted)
     assert adapted.mean < 1.5
 
