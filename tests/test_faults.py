@@ -3,6 +3,7 @@ disks. (Crashed worker processes: tests/test_engines.py; killed workflows: test_
 
 from __future__ import annotations
 
+import json
 import random
 import resource
 import signal
@@ -52,11 +53,12 @@ def whole(tmp_path_factory):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_killed_and_terminated_training_resumes_bitwise(tmp_path, whole, engine):
-    """Five kills at random moments (SIGKILL and SIGTERM), some while a checkpoint is written
-    every 10 steps, then a last uninterrupted start: the same numbers as a run never stopped."""
+    """Five kills at random moments (SIGKILL, SIGTERM, and SIGINT as Ctrl-C sends it), some
+    while a checkpoint is written every 10 steps, then a last uninterrupted start: the same
+    numbers as a run never stopped."""
     out = tmp_path / "run"
     rng = random.Random(0)
-    for sig in ([signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGTERM,
+    for sig in ([signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGTERM,
                  signal.SIGKILL]):
         proc = subprocess.Popen(train(out, engine), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
@@ -71,9 +73,13 @@ def test_killed_and_terminated_training_resumes_bitwise(tmp_path, whole, engine)
         sent = time.time()
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
-        if sig == signal.SIGTERM and proc.returncode == 143:
-            assert time.time() - sent < 10, "SIGTERM must checkpoint and exit within seconds"
+        if sig == signal.SIGINT:  # its default is a KeyboardInterrupt traceback, exit 1
+            assert proc.returncode == 130, err[-3000:]
+        if sig != signal.SIGKILL and proc.returncode == 128 + sig:
+            assert time.time() - sent < 10, f"{sig.name} must checkpoint and exit within seconds"
             assert "checkpoint written" in err and "run the same command again" in err
+            assert "Traceback" not in err, err[-3000:]
+            assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert len(rows(out / "metrics.csv")) < 60, "the kills must land before the end"
     subprocess.run(train(out, engine), check=True, capture_output=True)
     same_run(out, whole / engine)

@@ -2,12 +2,15 @@
 
 A checkpoint is written to a temporary name in the same folder, flushed to disk and renamed over
 the old one, so a job killed at any moment leaves either the previous or the new checkpoint, never
-a half-written one.
+a half-written one. A checkpoint saved with ``previous`` keeps the one it replaces under that
+name, so a file damaged after it was written (a failing disk, a truncated copy) costs one
+checkpoint period, not the run.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,9 @@ import numpy as np
 from dmaml.errors import CheckpointError
 
 
-def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` atomically."""
+def save(path: Path, arrays: dict[str, np.ndarray], previous: Path | None = None) -> None:
+    """Write ``arrays`` to ``path`` atomically; with ``previous``, the file it replaces is kept
+    under that name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -24,6 +28,8 @@ def save(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -36,7 +42,7 @@ def load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
 
 

@@ -24,6 +24,7 @@ from dmaml.bench import add_command as add_bench_command
 from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
 from dmaml.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted, UserError
+from dmaml.status import add_command as add_status_command
 
 log = logging.getLogger("dmaml")
 
@@ -146,9 +147,11 @@ def _set_threads(threads: int) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dmaml import config
-    from dmaml.learner import Learner
 
     cfg = config.load(args.config, _overrides(args))
+    log.info("%s: %s; starting TensorFlow", args.out, config.describe(cfg))
+    from dmaml.learner import Learner  # imports TensorFlow: seconds
+
     _set_threads(cfg.threads)
     try:
         Learner(cfg, args.out).train()
@@ -345,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
     add_bench_command(sub)
+    add_status_command(sub)
     return parser
 
 
@@ -358,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TrainingInterrupted as e:
         log.warning("%s", e)
-        return 143
+        return 128 + e.signum  # as the shell reports a process the signal ended
+    except KeyboardInterrupt:  # before a run's own handler is installed (loading, set-up)
+        log.warning("interrupted")
+        return 130
     except UserError as e:
         log.error("%s", e)
         return 2

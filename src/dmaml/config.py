@@ -68,6 +68,7 @@ class RunConfig:
     engine: str = "vectorized"  # SPEC section 6: the default on one machine
     threads: int = 0  # intra-op threads (0: TensorFlow's choice)
     on_divergence: str = "stop"  # stop | drop (leave a non-finite worker out of the merge)
+    tensorboard: bool = True  # TensorBoard scalars in the run folder's tensorboard/
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +126,9 @@ def _check(c: RunConfig) -> None:
         value = getattr(c, key)
         _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key,
                  f"must be a positive number, got {value!r}")
+    for key in ("first_order", "tensorboard"):
+        _require(isinstance(getattr(c, key), bool), key,
+                 f"must be true or false, got {getattr(c, key)!r}")
     _require(c.merge in MERGES, "merge", f"choose one of {MERGES}, got {c.merge!r}")
     _require(c.engine in ENGINES, "engine", f"choose one of {ENGINES}, got {c.engine!r}")
     _require(c.outer_reduction in REDUCTIONS, "outer_reduction",
@@ -174,3 +178,10 @@ def dump(cfg: RunConfig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tmp.replace(path)
+
+
+def describe(cfg: RunConfig) -> str:
+    """One line naming a run's setting, e.g. 'omniglot 5-way 1-shot, n=4 m=1 t=32, ...'."""
+    task = "sine" if cfg.dataset == "sine" else f"{cfg.dataset} {cfg.ways}-way {cfg.shots}-shot"
+    return (f"{task}, n={cfg.workers} m={cfg.steps_per_run} t={cfg.tasks_per_step}, "
+            f"{cfg.steps} steps, seed {cfg.seed}, engine {cfg.engine}")

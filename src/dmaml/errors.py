@@ -25,7 +25,11 @@ class TrainingDiverged(UserError, RuntimeError):
 
 
 class TrainingInterrupted(UserError, RuntimeError):
-    """SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+    """SIGTERM or SIGINT arrived; a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 class ReportError(UserError, ValueError):

@@ -7,9 +7,16 @@ plain MAML. The central model's step count grows by ``m`` per run.
 
 Run folder (``out``): ``config.yaml`` (resolved settings), ``run.json`` (code version, status),
 ``metrics.csv`` (a row per validation), ``test.csv`` (a row per table checkpoint),
-``checkpoints/latest.npz`` (everything needed to resume) and ``checkpoints/stepNNNNNN.npz``
-(theta at each table checkpoint). A run started again on a folder holding ``latest.npz`` resumes
-from it and ends with exactly the numbers of an uninterrupted run.
+``checkpoints/latest.npz`` (everything needed to resume; ``previous.npz``, the one before it, in
+case it is damaged), ``checkpoints/stepNNNNNN.npz`` (theta at each table checkpoint) and
+``tensorboard/`` (the same curves for ``tensorboard --logdir``). A run started again on a folder
+holding a checkpoint resumes from it and ends with exactly the numbers of an uninterrupted run;
+a finished run whose test settings changed is re-tested from its kept checkpoints, so that
+``test.csv`` always agrees with ``config.yaml``.
+
+Progress reaches the log (stderr) at once, at every validation and at least every
+:data:`PROGRESS_EVERY` seconds, with an estimate of the time left that leaves out compilation
+and counts validation and testing; ``run.json`` carries the same numbers for ``dmaml status``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dmaml.config import RunConfig, dump, workers_at
 from dmaml.engines import Engine, WorkerResult, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dmaml.evaluate import Evaluator
+from dmaml.status import duration
 from dmaml.tasks import INIT, make_sampler, task_rng
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,8 @@ log = logging.getLogger(__name__)
 # Settings that may differ between a checkpoint and the run resuming it: they change how or how
 # long the run is carried out, not the numbers it produces up to the checkpoint.
 RESUMABLE_CHANGES = {"steps", "engine", "threads", "checkpoint_steps", "checkpoint_every",
-                     "test_tasks", "on_divergence"}
+                     "test_tasks", "on_divergence", "tensorboard"}
+PROGRESS_EVERY = 30.0  # seconds between progress lines at most
 
 
 class CsvLog:
@@ -46,17 +55,26 @@ class CsvLog:
     def __init__(self, path: Path, columns: list[str]):
         self.path, self.columns = path, columns
 
-    def start(self, resume_step: int | None) -> None:
-        rows = []
-        if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+    def rows(self) -> list[dict]:
+        """The rows written so far (none before the file exists)."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, rows: list[dict]) -> None:
+        """Replace the file's rows (atomically)."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(self.path)
+
+    def start(self, resume_step: int | None) -> None:
+        """Keep the rows up to ``resume_step`` (none for a fresh run)."""
+        self.write([] if resume_step is None else
+                   [r for r in self.rows() if int(r["step"]) <= resume_step])
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
@@ -77,6 +95,11 @@ class Learner:
                               ["step", "runs", "workers", "wall_s", "train_loss", *extra, "dropped"])
         self.tests = CsvLog(self.out / "test.csv", ["step", "metric", "mean", "ci95", "tasks"])
         self.stop_signal: int | None = None
+        self.summary = None  # TensorBoard writer, opened by train()
+        # whether the first run (which compiles) is done, seconds and steps of the runs after
+        # it, seconds of the last validation and test, and when progress was last shown
+        self.clock = {"compiled": False, "runs_s": 0.0, "steps": 0, "val_s": None,
+                      "test_s": None, "shown": 0.0}
 
     # --- state -------------------------------------------------------------------------------
 
@@ -94,11 +117,16 @@ class Learner:
         arrays.update(step=np.asarray(s["step"]), elapsed=np.asarray(s["elapsed"]),
                       acc=s["acc"], dropped=np.asarray(s["dropped"]),
                       config=np.asarray(yaml.safe_dump(self.cfg.to_dict())))
-        checkpoint.save(self.out / "checkpoints" / "latest.npz", arrays)
+        folder = self.out / "checkpoints"
+        checkpoint.save(folder / "latest.npz", arrays, previous=folder / "previous.npz")
 
     def _load_latest(self, path: Path) -> dict:
         a = checkpoint.load(path)
-        saved = yaml.safe_load(str(a["config"]))
+        try:
+            saved = yaml.safe_load(str(a["config"]))
+        except KeyError:
+            raise CheckpointError(f"{path}: not a dmaml training checkpoint (no config); delete "
+                                  "it to start over") from None
         now = self.cfg.to_dict()
         changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
         if changed:
@@ -111,9 +139,30 @@ class Learner:
         return {"theta": checkpoint.unpack("theta", a), "states": states, "step": int(a["step"]),
                 "elapsed": float(a["elapsed"]), "acc": a["acc"], "dropped": int(a["dropped"])}
 
+    def _resume_state(self) -> dict | None:
+        """The state saved in ``checkpoints/`` (None if there is none): ``latest.npz``, or the
+        one before it when that is missing or damaged."""
+        folder = self.out / "checkpoints"
+        latest, previous = folder / "latest.npz", folder / "previous.npz"
+        try:
+            if latest.exists():
+                return self._load_latest(latest)
+            problem = CheckpointError(f"{latest}: missing")
+        except CheckpointError as e:
+            problem = e
+        if not previous.exists():
+            if latest.exists():
+                raise problem
+            return None
+        s = self._load_latest(previous)
+        log.warning("%s; resuming from the checkpoint before it, %s (step %d)", problem,
+                    previous, s["step"])
+        return s
+
     def _write_run_json(self, status: str, s: dict, **extra) -> None:
         info = {"status": status, "step": s["step"], "steps": self.cfg.steps,
-                "wall_s": round(s["elapsed"], 3), **self.versions, **extra}
+                "wall_s": round(s["elapsed"], 3), "updated": round(time.time()), **self.versions,
+                **extra}
         if s["step"]:
             info["seconds_per_step"] = s["elapsed"] / s["step"]
         tmp = self.out / ".run.json.tmp"
@@ -127,7 +176,49 @@ class Learner:
 
         Returns the final state (``theta``, optimiser ``states``, ``step``). Raises
         :class:`TrainingDiverged` or :class:`TrainingInterrupted` after saving what is kept.
+        Settings and data are checked before anything is written to ``out``.
         """
+        cfg = self.cfg
+        log.info("%s: loading data", self.out)
+        validator = Evaluator(self.model, make_sampler(cfg, "val"), "val", cfg.val_tasks,
+                              cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
+        tester = (Evaluator(self.model, make_sampler(cfg, "test"), "test", cfg.test_tasks,
+                            cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
+                  if cfg.test_tasks and cfg.checkpoint_steps else None)
+        self.engine = self.engine or create(cfg)
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        s = None
+        try:
+            s = self._open_folder(tester)
+            if s["step"] < cfg.steps:
+                log.info("%s: %s at step %d of %d; the first run compiles the MAML step",
+                         self.out, "resuming" if s["step"] else "starting", s["step"], cfg.steps)
+            while s["step"] < cfg.steps:
+                if self.stop_signal is not None:
+                    self._save_latest(s)
+                    self._write_run_json("interrupted", s)
+                    raise TrainingInterrupted(
+                        f"{signal.Signals(self.stop_signal).name} at step {s['step']}: checkpoint "
+                        f"written to {self.out / 'checkpoints' / 'latest.npz'}; run the same "
+                        "command again to resume", self.stop_signal)
+                self._run(s, validator, tester)
+        except Exception as e:  # other than the stops that write their own status
+            if s is not None and not isinstance(e, (TrainingInterrupted, TrainingDiverged)):
+                self._write_run_json("failed", s, error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.engine.close()
+            if self.summary is not None:
+                self.summary.close()
+        self._write_run_json("finished", s)
+        log.info("%s: finished %d steps in %s", self.out, s["step"], duration(s["elapsed"]))
+        return s
+
+    def _open_folder(self, tester: Evaluator | None) -> dict:
+        """Create or resume the run folder; returns the state to train from."""
         cfg = self.cfg
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -136,41 +227,59 @@ class Learner:
         except OSError as e:
             raise CheckpointError(f"{self.out}: cannot write the run folder ({e.strerror or e}); "
                                   "choose a writable --out") from None
-        latest = self.out / "checkpoints" / "latest.npz"
-        s = self._load_latest(latest) if latest.exists() else self._fresh_state()
-        resume = s["step"] if latest.exists() else None
-        if resume is not None:
-            log.info("resuming %s from step %d", self.out, resume)
-        dump(cfg, self.out / "config.yaml")
-        self.versions = provenance.versions()
+        s = self._resume_state()
+        resume = None if s is None else s["step"]
+        s = s or self._fresh_state()
+        if resume is not None and resume > cfg.steps:
+            raise CheckpointError(f"{self.out}: the run is at step {resume}, beyond steps="
+                                  f"{cfg.steps}; set steps >= {resume} or use another --out")
         self.metrics.start(resume)
         self.tests.start(resume)
-        self.engine = self.engine or create(cfg)
-        validator = Evaluator(self.model, make_sampler(cfg, "val"), "val", cfg.val_tasks,
-                              cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
-        tester = (Evaluator(self.model, make_sampler(cfg, "test"), "test", cfg.test_tasks,
-                            cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
-                  if cfg.test_tasks and cfg.checkpoint_steps else None)
+        if resume:
+            self._retest(resume, tester)
+        dump(cfg, self.out / "config.yaml")  # after test.csv agrees with it
+        self.versions = provenance.versions()
+        if cfg.tensorboard:
+            import tensorflow as tf
+
+            self.summary = tf.summary.create_file_writer(str(self.out / "tensorboard"))
         self._write_run_json("running", s, engine=cfg.engine)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM,)}
-        try:
-            while s["step"] < cfg.steps:
-                if self.stop_signal is not None:
-                    self._save_latest(s)
-                    self._write_run_json("interrupted", s)
-                    raise TrainingInterrupted(
-                        f"signal {self.stop_signal} at step {s['step']}: checkpoint written to "
-                        f"{latest}; run the same command again to resume")
-                self._run(s, validator, tester)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.engine.close()
-        self._write_run_json("finished", s)
         return s
 
+    def _retest(self, resume: int, tester: Evaluator | None) -> None:
+        """Bring a resumed run's test.csv in line with its config: rows of steps no longer
+        tested, or over another number of tasks, go; steps to test that the run has passed are
+        tested from their kept ``stepNNNNNN.npz``."""
+        cfg = self.cfg
+        kept = {int(r["step"]): r for r in self.tests.rows() if int(r["tasks"]) == cfg.test_tasks}
+        due = sorted(k for k in cfg.checkpoint_steps if k <= resume) if tester else []
+        paths = {k: self.out / "checkpoints" / f"step{k:06d}.npz" for k in due if k not in kept}
+        never = [k for k, path in paths.items() if not path.exists()]
+        if never:
+            raise CheckpointError(
+                f"{self.out}: step(s) {never} are to be tested but their parameters were never "
+                f"kept (the run is at step {resume}); delete {self.out} to train it again with "
+                "these checkpoint_steps, or leave those steps out")
+        for step, path in paths.items():
+            log.info("%s: re-testing step %d on %d tasks (test settings changed)", self.out,
+                     step, cfg.test_tasks)
+            kept[step] = self._test(step, checkpoint.unpack("theta", checkpoint.load(path)),
+                                    tester)
+        self.tests.write([kept[k] for k in due])
+
+    def _test(self, step: int, theta: dict, tester: Evaluator) -> dict:
+        started = time.perf_counter()
+        score = tester(theta)
+        self.clock["test_s"] = time.perf_counter() - started
+        log.info("%s: step %d: test %s %.4f +- %.4f over %d tasks", self.out, step,
+                 self.metric_name, score.mean, score.ci95, score.tasks)
+        self._scalars(step, {f"test/{self.metric_name}": score.mean})
+        return {"step": step, "metric": self.metric_name, "mean": score.mean,
+                "ci95": score.ci95, "tasks": score.tasks}
+
     def _on_signal(self, signum, frame) -> None:
-        log.warning("signal %d: finishing this run, then writing a checkpoint", signum)
+        log.warning("%s: finishing this run, then writing a checkpoint",
+                    signal.Signals(signum).name)
         self.stop_signal = signum
 
     def _run(self, s: dict, validator: Evaluator, tester: Evaluator | None) -> None:
@@ -187,21 +296,66 @@ class Learner:
             s["states"][i] = r.opt_state
         s["acc"] += [np.mean([r.loss for r in kept.values()]),
                      np.mean([r.metric for r in kept.values()]), 1]
-        s["elapsed"] += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        s["elapsed"] += seconds
+        self._clock_run(s, seconds)
         step = s["step"]
         if step % cfg.eval_every == 0 or step == cfg.steps:
             self._validate(s, n, validator)
+        elif time.monotonic() - self.clock["shown"] >= PROGRESS_EVERY:
+            self._progress(s, f"step {step}/{cfg.steps} | n={n}")
         if step in cfg.checkpoint_steps:
             checkpoint.save(self.out / "checkpoints" / f"step{step:06d}.npz",
                             checkpoint.pack("theta", s["theta"]))
             if tester is not None:
-                score = tester(s["theta"])
-                self.tests.append({"step": step, "metric": self.metric_name, "mean": score.mean,
-                                   "ci95": score.ci95, "tasks": score.tasks})
-                log.info("step %d: test %s %.4f +- %.4f over %d tasks", step, self.metric_name,
-                         score.mean, score.ci95, score.tasks)
+                self.tests.append(self._test(step, s["theta"], tester))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             self._save_latest(s)
+
+    # --- progress ----------------------------------------------------------------------------
+
+    def _clock_run(self, s: dict, seconds: float) -> None:
+        """Count a run's time toward the speed estimate, except the first (it compiles)."""
+        if not self.clock["compiled"]:
+            log.info("%s: first run done in %.1f s (compilation included)", self.out, seconds)
+            self.clock.update(compiled=True, shown=time.monotonic())
+        else:
+            self.clock["runs_s"] += seconds
+            self.clock["steps"] += self.cfg.steps_per_run
+
+    def _eta(self, step: int) -> float | None:
+        """Seconds left: training at the measured speed, plus the validations and tests to come
+        at the last one's duration (a test first estimated from a validation)."""
+        cfg, c = self.cfg, self.clock
+        if not c["steps"]:
+            return None
+        left = c["runs_s"] / c["steps"] * (cfg.steps - step)
+        later = range(step + 1, cfg.steps + 1)
+        if c["val_s"] is not None:
+            left += c["val_s"] * sum(1 for k in later if k % cfg.eval_every == 0 or k == cfg.steps)
+            test_s = c["test_s"] or c["val_s"] * cfg.test_tasks / max(cfg.val_tasks, 1)
+            left += test_s * sum(1 for k in cfg.checkpoint_steps if k > step) * bool(cfg.test_tasks)
+        return left
+
+    def _progress(self, s: dict, text: str) -> None:
+        """A progress line with speed and time left; the same numbers into run.json."""
+        eta = self._eta(s["step"])
+        speed = self.clock["runs_s"] / self.clock["steps"] if self.clock["steps"] else None
+        timing = (f"{speed:.3f} s/step, {duration(eta)} left" if eta is not None else
+                  "measuring speed")
+        log.info("%s: %s | %s", self.out, text, timing)
+        self.clock["shown"] = time.monotonic()
+        self._write_run_json("running", s, engine=self.cfg.engine, eta_s=eta, step_s=speed)
+
+    def _scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.summary is None:
+            return
+        import tensorflow as tf
+
+        with self.summary.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
+        self.summary.flush()
 
     def _finite(self, results: dict[int, WorkerResult], s: dict) -> dict[int, WorkerResult]:
         """Workers whose loss and parameters are finite; handles the others per on_divergence."""
@@ -227,7 +381,9 @@ class Learner:
     def _validate(self, s: dict, n: int, validator: Evaluator) -> None:
         cfg = self.cfg
         loss, metric, runs = s["acc"]
+        started = time.perf_counter()
         score = validator(s["theta"])
+        self.clock["val_s"] = time.perf_counter() - started
         row = {"step": s["step"], "runs": s["step"] // cfg.steps_per_run, "workers": n,
                "wall_s": round(s["elapsed"], 3), "train_loss": loss / runs,
                "val_loss": score.loss, "dropped": s["dropped"]}
@@ -238,9 +394,11 @@ class Learner:
             shown = f"train mse {loss / runs:.4f} | val mse {score.mean:.4f}"
         self.metrics.append(row)
         s["acc"] = np.zeros(3)
-        per_step = s["elapsed"] / s["step"]
-        log.info("step %d/%d | n=%d | %s | %.1f s (%.3f s/step, %.0f s left)", s["step"],
-                 cfg.steps, n, shown, s["elapsed"], per_step, per_step * (cfg.steps - s["step"]))
+        name = self.metric_name
+        self._scalars(s["step"], {"train/loss": loss / runs, f"train/{name}": metric / runs,
+                                  "val/loss": score.loss, f"val/{name}": score.mean,
+                                  "seconds_per_step": s["elapsed"] / s["step"]})
+        self._progress(s, f"step {s['step']}/{cfg.steps} | n={n} | {shown}")
 
 
 def config_of(run: Path) -> RunConfig:

@@ -1,0 +1,149 @@
+"""A run folder never contradicts its configuration and loses nothing: changed test settings are
+re-tested from the kept checkpoints, a damaged latest checkpoint falls back to the one before it,
+a refused run writes nothing, and progress, run.json and TensorBoard show where a run stands."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from dmaml import checkpoint, config, learner, models
+from dmaml.errors import CheckpointError, DatasetError
+from dmaml.evaluate import Evaluator
+from dmaml.learner import Learner
+from dmaml.tasks import make_sampler
+
+from .conftest import make_h5
+from .test_learner import rows, sine, theta_of
+
+FLAGS = {"steps": 60, "eval_every": 10, "val_tasks": 3, "test_tasks": 20,
+         "checkpoint_steps": [20, 40, 60]}
+
+
+def test_changed_test_settings_are_retested_from_kept_checkpoints(tmp_path):
+    """A finished run given fewer test tasks, then fewer checkpoint steps: test.csv follows
+    config.yaml, with the scores a run trained with those settings has."""
+    run = tmp_path / "run"
+    Learner(sine(**FLAGS), run).train()
+    Learner(sine(**{**FLAGS, "test_tasks": 10}), run).train()
+    fresh = tmp_path / "fresh"
+    Learner(sine(**{**FLAGS, "test_tasks": 10}), fresh).train()
+    assert rows(run / "test.csv") == rows(fresh / "test.csv")
+    assert [r["tasks"] for r in rows(run / "test.csv")] == ["10"] * 3
+
+    Learner(sine(**{**FLAGS, "test_tasks": 10, "checkpoint_steps": [20, 60]}), run).train()
+    assert [r["step"] for r in rows(run / "test.csv")] == ["20", "60"]
+
+
+def test_a_test_step_never_kept_is_a_clear_error_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    Learner(sine(**FLAGS), run).train()
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "test.csv")}
+    with pytest.raises(CheckpointError, match=r"step\(s\) \[30\] are to be tested but their "
+                                              r"parameters were never kept.*delete"):
+        Learner(sine(**{**FLAGS, "checkpoint_steps": [20, 30, 60]}), run).train()
+    assert {name: (run / name).read_bytes() for name in before} == before
+    with pytest.raises(CheckpointError, match="at step 60, beyond steps=40"):
+        Learner(sine(**{**FLAGS, "steps": 40, "checkpoint_steps": [20, 40]}), run).train()
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    """latest.npz truncated (a killed copy): the run resumes from previous.npz with a warning and
+    ends bitwise equal to a run never interrupted."""
+    whole = tmp_path / "whole"
+    Learner(sine(**FLAGS), whole).train()
+    run = tmp_path / "run"
+    Learner(sine(**{**FLAGS, "steps": 30, "checkpoint_steps": [20]}), run).train()
+    latest = run / "checkpoints" / "latest.npz"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        Learner(sine(**FLAGS), run).train()
+    assert "latest.npz: unreadable checkpoint" in caplog.text
+    assert "resuming from the checkpoint before it" in caplog.text and "(step 20)" in caplog.text
+    assert rows(run / "metrics.csv") == rows(whole / "metrics.csv")
+    assert rows(run / "test.csv") == rows(whole / "test.csv")
+    for k, v in theta_of(whole).items():
+        np.testing.assert_array_equal(theta_of(run)[k], v)
+
+
+def test_both_checkpoints_damaged_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    Learner(sine(steps=20), run).train()
+    for name in ("latest.npz", "previous.npz"):
+        (run / "checkpoints" / name).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="previous.npz: unreadable checkpoint"):
+        Learner(sine(steps=40), run).train()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"data": "NOT_H5"}, "not a readable HDF5 file"),
+    ({"ways": 9}, "fewer than ways=9"),
+    ({"shots": 4}, "fewer than shots \\+ queries"),
+])
+def test_a_refused_run_writes_nothing(tmp_path, settings, message):
+    """Data that cannot serve the settings stops the run before its folder exists."""
+    data = make_h5(tmp_path / "small.h5", classes=6, per_class=4, size=28)
+    (tmp_path / "NOT_H5").write_text("not HDF5")
+    cfg = config.load(None, {"dataset": "omniglot", "data": str(data), "ways": 3, "shots": 1,
+                             "queries": 1, "tasks_per_step": 2, "steps": 2, "eval_every": 1,
+                             **settings})
+    if cfg.data == "NOT_H5":
+        cfg.data = str(tmp_path / "NOT_H5")
+    out = tmp_path / "run"
+    with pytest.raises(DatasetError, match=message):
+        Learner(cfg, out).train()
+    assert not out.exists()
+
+
+def test_progress_eta_and_tensorboard(tmp_path, monkeypatch, caplog):
+    """A line at once, one after the compiling first run, progress between validations (every
+    PROGRESS_EVERY seconds: here 0) with speed and time left, the same in run.json, and every
+    curve in TensorBoard's event file."""
+    monkeypatch.setattr(learner, "PROGRESS_EVERY", 0.0)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="dmaml.learner"):
+        Learner(sine(steps=30, eval_every=10, test_tasks=5, checkpoint_steps=[30]), run).train()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == f"{run}: loading data"
+    assert "first run done in" in lines[2] and "compilation included" in lines[2]
+    between = [m for m in lines if m.startswith(f"{run}: step 5/30 | n=1 |")]
+    assert between and "s/step" in between[0] and "left" in between[0]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["updated"] > 0
+
+    import tensorflow as tf
+
+    tags = {}
+    for path in (run / "tensorboard").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    assert tags["val/mse"] == [10, 20, 30] and tags["test/mse"] == [30]
+    assert {"train/loss", "train/mse", "val/loss", "seconds_per_step"} <= set(tags)
+
+
+def test_eta_counts_training_validation_and_testing(tmp_path):
+    cfg = sine(steps=100, eval_every=10, val_tasks=5, test_tasks=50, checkpoint_steps=[50, 100])
+    run = Learner(cfg, tmp_path)
+    assert run._eta(0) is None  # nothing measured yet
+    run.clock.update(runs_s=2.0, steps=20, val_s=0.5)
+    # 80 steps at 0.1 s, 8 validations at 0.5 s, 2 tests estimated at 0.5 * 50 / 5 s
+    assert run._eta(20) == pytest.approx(8.0 + 4.0 + 10.0)
+    run.clock["test_s"] = 1.0
+    assert run._eta(60) == pytest.approx(4.0 + 2.0 + 1.0)
+
+
+def test_evaluator_of_the_retest_is_the_runs_own(tmp_path):
+    """The re-test of a kept checkpoint scores what a fresh evaluation of that file scores."""
+    run = tmp_path / "run"
+    cfg = sine(**FLAGS)
+    Learner(cfg, run).train()
+    Learner(sine(**{**FLAGS, "test_tasks": 7}), run).train()
+    theta = checkpoint.unpack("theta", checkpoint.load(run / "checkpoints" / "step000040.npz"))
+    score = Evaluator(models.for_config(cfg), make_sampler(cfg, "test"), "test", 7,
+                      cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)(theta)
+    row = rows(run / "test.csv")[1]
+    assert float(row["mean"]) == score.mean and row["tasks"] == "7"
