@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
@@ -11,7 +12,7 @@ from dmaml import config
 from dmaml.cli import main
 from dmaml.errors import ReportError
 from dmaml.learner import Learner
-from dmaml.report import tables
+from dmaml.report import figures, tables
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,9 @@ def test_checkpoint_table_takes_the_best_seed_per_n(runs, tmp_path):
     text = (tmp_path / "t.md").read_text()
     assert "| n (seed) | step 20 | step 40 |" in text and "over 30 test tasks" in text
     assert "workers in {1, 2}" in text and "seed in {0, 1}" in text
-    assert list(pd.read_csv(tmp_path / "t.csv").columns[:5]) == ["workers", "seed", "step",
-                                                                   "metric", "mean"]
+    assert list(pd.read_csv(tmp_path / "t.csv").columns[:9]) == [
+        "dataset", "ways", "shots", "workers", "steps_per_run", "tasks_per_step", "seed", "step",
+        "metric"]
 
 
 def test_diverged_runs_are_marked(runs, tmp_path):
@@ -82,3 +84,66 @@ def test_not_a_run_folder(tmp_path, caplog):
     assert main(["figure", "workers", str(tmp_path), "--out", str(tmp_path / "f")]) == 2
     assert "not a run folder (no config.yaml)" in caplog.text
     assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("mean, ci, expected", [
+    (0.98765, 0.01234, (0.988, 0.012)), (12.345, 1.67, (12.3, 1.7)), (3.4154, 1.0740, (3.4, 1.1)),
+    (1234.5, 123.4, (1230, 120)), (1.0, 0.0, (1.0, 0.0))])
+def test_scores_are_rounded_to_what_the_ci_supports(mean, ci, expected):
+    assert tables.round_to_ci(mean, ci) == pytest.approx(expected)
+    assert tables.cell(0.98765, 0.01234) == "0.988 ± 0.012"
+    assert tables.scores_text(0.6070001, 0.0302853) == ("0.607", "0.030")
+    assert tables.scores_text(1234.5, 123.4) == ("1230", "120")
+    assert tables.cell(float("nan"), float("nan")) == "—"
+
+
+def test_csv_is_rounded_and_names_its_configuration(runs, tmp_path):
+    table, frame = tables.checkpoint_table(runs)
+    tables.write(table, "step", "Table T", frame, tmp_path / "t.csv")
+    csv = pd.read_csv(tmp_path / "t.csv")
+    for key in ("dataset", "ways", "shots", "workers", "steps_per_run", "tasks_per_step"):
+        assert key in csv.columns
+    assert set(csv["dataset"]) == {"sine"} and set(csv["tasks_per_step"]) == {10}
+    for mean, ci in zip(csv["mean"], csv["ci95"]):
+        assert (mean, ci) == tables.round_to_ci(mean, ci)
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert [",".join(tables.scores_text(m, c)) in line
+            for line, m, c in zip(lines[1:], table["mean"], table["ci95"])] == [True] * len(table)
+
+
+def test_a_title_that_is_not_text_is_an_error(runs, tmp_path):
+    table, frame = tables.checkpoint_table(runs)
+    with pytest.raises(ReportError, match="title must be text.*got a dict"):
+        tables.write(table, "step", {"Table 2": "Omniglot"}, frame, tmp_path / "t.csv")
+    assert not (tmp_path / "t.md").exists()
+
+
+def test_captions_print_no_lists(runs, tmp_path):
+    table, frame = tables.checkpoint_table(runs)
+    text = tables.markdown(table, "step", "T", frame)
+    assert "(of 0, 1)" in text and "[" not in text
+    figures.workers_figure(runs, tmp_path / "f3", max_step=40)
+    caption = (tmp_path / "f3.txt").read_text()
+    assert "over 5 fixed tasks" in caption and "seeds 0, 1" in caption and "[" not in caption
+
+
+def test_table_has_an_html_view_for_the_report(runs, tmp_path):
+    table, frame = tables.checkpoint_table(runs)
+    tables.write(table, "step", "Table T: sine <test>", frame, tmp_path / "t.csv")
+    html = (tmp_path / "t.html").read_text()
+    assert "Table T: sine &lt;test&gt;" in html and "<table" in html and "step 40" in html
+    row = table[(table["workers"] == 2) & (table["step"] == 40)].iloc[0]
+    assert tables.cell(row["mean"], row["ci95"]) in html and "over 30 test tasks" in html
+
+
+def test_figure3_says_what_lines_and_bands_are(runs):
+    fig, ax = plt.subplots()
+    figures.plot_curves(ax, tables.load_runs(runs), ["workers"], lambda v: f"n = {v[0]}",
+                        trend=True)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("±1 std over" in label for label in labels)
+    assert any("dashed" in label and "cubic" in label for label in labels)
+    data = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    trends = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert trends and max(t.get_linewidth() for t in trends) < min(d.get_linewidth() for d in data)
+    plt.close(fig)

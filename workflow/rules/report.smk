@@ -1,21 +1,33 @@
+# The report's entries: each table as HTML (the paper's layout, shown in the report) and CSV (its
+# data), each figure as PNG; their captions are workflow/report/*.rst.
+
+
 rule make_table:
     """Tables 2-5: test scores at each checkpoint step, best seed per row."""
     input:
         runs=lambda wildcards: [f"{d}/run.json" for d in run_dirs(wildcards.table)],
         code=REPORT_CODE,
     output:
-        csv=report("results/tables/{table}.csv", caption="../report/table.rst",
-                   category="Tables"),
+        csv=report(
+            "results/tables/{table}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+        ),
         md="results/tables/{table}.md",
+        html=report(
+            "results/tables/{table}.html",
+            caption="../report/table.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/make_table/{table}.log",
+    wildcard_constraints:
+        table="table[2-9]",
+    conda:
+        "../../envs/dmaml.yaml"
     params:
         runs=lambda wildcards, input: [str(Path(r).parent) for r in input.runs],
         title=lambda wildcards: settings(wildcards.table).get("title", wildcards.table),
-    wildcard_constraints:
-        table="table[2-9]",
-    log:
-        "logs/make_table/{table}.log",
-    conda:
-        "../../envs/dmaml.yaml"
     shell:
         "python -m dmaml.cli table checkpoints {params.runs:q} --out {output.csv:q} "
         "--title {params.title:q} > {log} 2>&1"
@@ -24,19 +36,30 @@ rule make_table:
 rule make_table1:
     """Table 1: sine test MSE after one step on K points, best seed per n."""
     input:
-        evals=lambda wildcards: [f"{d}/eval/shots{k}.json" for d in run_dirs("table1")
-                                 for k in settings("table1")["test_shots"]],
+        evals=lambda wildcards: [
+            f"{d}/eval/shots{k}.json"
+            for d in run_dirs("table1")
+            for k in settings("table1")["test_shots"]
+        ],
         code=REPORT_CODE,
     output:
-        csv=report("results/tables/table1.csv", caption="../report/table.rst",
-                   category="Tables"),
+        csv=report(
+            "results/tables/table1.csv",
+            caption="../report/table.rst",
+            category="Tables",
+        ),
         md="results/tables/table1.md",
-    params:
-        title=lambda wildcards: settings("table1").get("title", "table1"),
+        html=report(
+            "results/tables/table1.html",
+            caption="../report/table.rst",
+            category="Tables",
+        ),
     log:
         "logs/make_table/table1.log",
     conda:
         "../../envs/dmaml.yaml"
+    params:
+        title=lambda wildcards: settings("table1").get("title", "table1"),
     shell:
         "python -m dmaml.cli table shots {input.evals:q} --out {output.csv:q} --title {params.title:q} "
         "> {log} 2>&1"
@@ -48,20 +71,25 @@ rule plot_figure:
         runs=lambda wildcards: [f"{d}/run.json" for d in run_dirs(wildcards.figure)],
         code=REPORT_CODE,
     output:
-        png=report("results/figures/{figure}.png", caption="../report/figure.rst",
-                   category="Figures"),
+        png=report(
+            "results/figures/{figure}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
         pdf="results/figures/{figure}.pdf",
         txt="results/figures/{figure}.txt",
+    log:
+        "logs/plot_figure/{figure}.log",
+    wildcard_constraints:
+        figure="fig[3-6]",
+    conda:
+        "../../envs/dmaml.yaml"
     params:
         runs=lambda wildcards, input: [str(Path(r).parent) for r in input.runs],
         kind=lambda wildcards: FIGURE_KINDS[wildcards.figure],
-        max_step=lambda wildcards: config["experiments"][wildcards.figure].get("max_step", 0),
-    wildcard_constraints:
-        figure="fig[3-6]",
-    log:
-        "logs/plot_figure/{figure}.log",
-    conda:
-        "../../envs/dmaml.yaml"
+        max_step=lambda wildcards: config["experiments"][wildcards.figure].get(
+            "max_step", 0
+        ),
     shell:
         "python -m dmaml.cli figure {params.kind} {params.runs:q} --max_step {params.max_step} "
         "--out {output.png:q} > {log} 2>&1"
@@ -70,11 +98,16 @@ rule plot_figure:
 rule plot_extrapolation:
     """Figure 2: sine models of each n adapted on the left half of a task."""
     input:
-        curves=lambda wildcards: [f"{d}/eval/extrapolation.csv" for d in run_dirs("fig2")],
+        curves=lambda wildcards: [
+            f"{d}/eval/extrapolation.csv" for d in run_dirs("fig2")
+        ],
         code=REPORT_CODE,
     output:
-        png=report("results/figures/fig2.png", caption="../report/figure.rst",
-                   category="Figures"),
+        png=report(
+            "results/figures/fig2.png",
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
         pdf="results/figures/fig2.pdf",
         txt="results/figures/fig2.txt",
     log:

@@ -16,6 +16,10 @@ from dmaml.errors import ReportError
 SETTINGS = ["dataset", "ways", "shots", "queries", "workers", "steps_per_run", "tasks_per_step",
             "merge", "alpha", "beta", "outer_reduction", "first_order", "inner_steps",
             "eval_inner_steps", "steps", "seed", "eval_seed", "test_tasks", "val_tasks"]
+# the settings that identify an experiment: every table's CSV and every figure's note name them
+IDENTITY = ["dataset", "ways", "shots", "workers", "steps_per_run", "tasks_per_step"]
+# the paper's symbols for them
+SHORT = {"workers": "n", "shots": "k", "ways": "N", "steps_per_run": "m", "tasks_per_step": "t"}
 
 
 def load_runs(runs: list[str | Path]) -> pd.DataFrame:
@@ -39,6 +43,11 @@ def load_runs(runs: list[str | Path]) -> pd.DataFrame:
 def metrics(run: str | Path) -> pd.DataFrame:
     """The validation metrics of a run (one row per validation)."""
     return pd.read_csv(Path(run) / "metrics.csv")
+
+
+def listing(values) -> str:
+    """The distinct ``values``, sorted, as text for a caption: ``0, 1`` (not ``[0, 1]``)."""
+    return ", ".join(map(str, sorted(set(values))))
 
 
 def describe(runs: pd.DataFrame) -> str:

@@ -1,7 +1,9 @@
 """The paper's figures (2-6) from run folders: validation curves with mean and std over seeds.
 
 Every figure is written as PNG and PDF with a caption side file (``.txt``) that states the
-configuration, the seeds and the number of validation tasks behind each curve.
+configuration, the seeds and the number of validation tasks behind each curve. The figure itself
+says what its lines and bands are (legend) and which setting and tasks made it (a note below), so
+that it reads without the caption.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from dmaml.report import ReportError, describe, load_runs, metrics  # noqa: E402
+from dmaml.report import IDENTITY, SHORT, ReportError, describe, listing, load_runs, metrics  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 120, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
 
@@ -38,7 +42,9 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
     """One line per value of ``keys`` (mean over seeds) with a +-1 std band; returns the y label.
 
     ``x`` is ``"step"`` (MAML steps of the central model) or ``"tasks"`` (tasks processed by one
-    worker: steps x t, proportional to wall-clock time when tasks are computed one by one).
+    worker: steps x t, proportional to wall-clock time when tasks are computed one by one). With
+    ``trend``, a thin dashed cubic fitted to each mean shows its shape under the noise. The legend
+    names each line and, in grey, what lines, bands and dashes are.
     """
     ylabel = ""
     colors = palette(runs.groupby(keys).ngroups)
@@ -54,15 +60,20 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
         mean, std = table.mean(axis=1), table.std(axis=1, ddof=0)
         xs = table.index.to_numpy() * (group["tasks_per_step"].iloc[0] if x == "tasks" else 1)
         name = f"{label(value if isinstance(value, tuple) else (value,))} ({len(curves)} seeds)"
-        ax.plot(xs, mean, color=color, lw=1.5, label=name, alpha=0.6 if trend else 1)
+        ax.plot(xs, mean, color=color, lw=1.8, label=name)
         ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
         if trend and len(xs) > 3:
             coeffs = np.polyfit(xs, mean, 3)
-            ax.plot(xs, np.polyval(coeffs, xs), color=color, lw=2.5, ls="--")
+            ax.plot(xs, np.polyval(coeffs, xs), color=color, lw=1, ls="--", alpha=0.9)
     ax.set_xlabel("MAML steps of the central model" if x == "step"
                   else "tasks processed per worker (steps x t)")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    key = [Line2D([], [], color="grey", lw=1.8, label="solid: mean over seeds"),
+           Patch(color="grey", alpha=0.15, label="band: ±1 std over seeds")]
+    if trend:
+        key.append(Line2D([], [], color="grey", lw=1, ls="--",
+                          label="dashed: cubic fit to the mean"))
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *key], fontsize=8)
     return ylabel
 
 
@@ -81,9 +92,22 @@ def save(fig, out: Path, caption: str) -> None:
 
 
 def _caption(title: str, runs: pd.DataFrame, what: str) -> str:
-    tasks = sorted(set(runs["val_tasks"]))
-    return (f"{title}. {what} Lines: mean over seeds {sorted(set(runs['seed']))}; bands: +-1 std; "
-            f"each point is a validation over {tasks} fixed tasks. Configuration: {describe(runs)}.")
+    return (f"{title}. {what} Lines: mean over seeds {listing(runs['seed'])}; bands: ±1 std over seeds; "
+            f"each point is a validation over {listing(runs['val_tasks'])} fixed tasks. "
+            f"Configuration: {describe(runs)}.")
+
+
+def settings_note(fig, runs: pd.DataFrame, detail: str | None = None) -> None:
+    """Below the axes, in small type: the settings shared by every curve and ``detail`` (by
+    default the seeds and validation tasks of each point), so that the figure reads without its
+    caption."""
+    fixed = [f"{SHORT.get(k, k)} = {runs[k].iloc[0]}" for k in IDENTITY if runs[k].nunique() == 1
+             and k != "dataset"]
+    if detail is None:
+        detail = (f"seeds {listing(runs['seed'])}; each point: validation on "
+                  f"{listing(runs['val_tasks'])} fixed tasks")
+    fig.text(0.01, 0, f"{listing(runs['dataset'])}: {', '.join(fixed)}; {detail}", fontsize=7,
+             va="top")
 
 
 def _one_panel(run_dirs, out: Path, keys: list[str], label: Callable[[tuple], str], title: str,
@@ -93,6 +117,7 @@ def _one_panel(run_dirs, out: Path, keys: list[str], label: Callable[[tuple], st
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_curves(ax, runs, keys, label, **plot)
     ax.set_title(title)
+    settings_note(fig, runs)
     save(fig, out, _caption(caption, runs, note))
 
 
@@ -123,7 +148,8 @@ def tasks_figure(run_dirs, out: Path) -> None:
         for c, x in enumerate(("step", "tasks")):
             plot_curves(axes[r, c], part, ["tasks_per_step"], lambda v: f"t = {v[0]}", x=x)
             betas = ", ".join(f"{b:g}" for b in sorted(set(part["beta"])))
-            axes[r, c].set_title(f"{reduction} of task gradients, beta in {{{betas}}}")
+            axes[r, c].set_title(f"{reduction} of task gradients, beta = {betas}")
+    settings_note(fig, runs)
     save(fig, out, _caption("Figure 5: tasks per MAML step t", runs,
                             "Left: perfect parallelisation of tasks (x = MAML steps); right: perfect "
                             "serialisation (x = tasks processed)."))
@@ -158,5 +184,6 @@ def extrapolation_figure(prediction_files, out: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("Sine: adapted on the left half (shaded), evaluated on [-5, 5]")
     runs = load_runs(sorted({f["run"].iloc[0] for f in frames}))
-    save(fig, out, f"Figure 2: extrapolation after {first['inner_steps'].iloc[0]} gradient "
-                   f"step(s) on {len(support)} points from [-5, 0]. Configuration: {describe(runs)}.")
+    adapted = f"{first['inner_steps'].iloc[0]} gradient step(s) on {len(support)} points from [-5, 0]"
+    settings_note(fig, runs, f"adapted with {adapted}")
+    save(fig, out, f"Figure 2: extrapolation after {adapted}. Configuration: {describe(runs)}.")

@@ -3,22 +3,25 @@
 For each n, the seed whose validation score after its last step is best (highest accuracy, or
 lowest MSE for sine) is chosen, and its test scores (mean +- 95% CI over the stated number of test
 tasks) fill the row: at each checkpoint step (Tables 2-5) or for each number of adaptation points
-K (Table 1). A run that diverged is marked with a dagger. Each table is written as a tidy CSV and a
-Markdown twin in the paper's layout whose caption states the configuration behind it.
+K (Table 1). A run that diverged is marked with a dagger. Scores are rounded to what their interval
+supports: the CI to 2 significant digits, the mean to the same decimal place. Each table is written
+as a tidy CSV whose columns name the configuration (the settings that identify the experiment and
+those that vary), and as Markdown and HTML twins in the paper's layout whose caption states the
+configuration behind it (the HTML one is what the Snakemake report shows).
 """
 
 from __future__ import annotations
 
+import html
 import json
+import math
 import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from dmaml.report import SETTINGS, ReportError, describe, load_runs, metrics
-
-SHORT = {"workers": "n", "shots": "k", "ways": "N", "steps_per_run": "m", "tasks_per_step": "t"}
+from dmaml.report import IDENTITY, SETTINGS, SHORT, ReportError, describe, listing, load_runs, metrics
 
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
@@ -26,6 +29,47 @@ def row_keys(runs: pd.DataFrame) -> list[str]:
     (always including the worker count)."""
     keys = [k for k in SETTINGS if k not in ("seed", "workers") and runs[k].nunique() > 1]
     return [*keys, "workers"]
+
+
+def config_columns(runs: pd.DataFrame) -> list[str]:
+    """The settings a table's CSV carries: :data:`IDENTITY` and every other that varies."""
+    keys = row_keys(runs)
+    return [k for k in SETTINGS if k in IDENTITY or k in keys]
+
+
+def _decimals(ci: float) -> int | None:
+    """Decimal places of ``ci`` rounded to 2 significant digits (3 when it is 0, as for a score
+    every task shares; None when it is missing: a diverged run's empty cell)."""
+    if pd.isna(ci):
+        return None
+    if ci <= 0:
+        return 3
+    ci = float(f"{ci:.2g}")  # first, so that 0.0996 -> 0.10 gives 2 places, as 0.10 itself does
+    return 1 - math.floor(math.log10(ci))
+
+
+def round_to_ci(mean: float, ci: float) -> tuple[float, float]:
+    """``mean`` and ``ci`` rounded to what the CI supports: the CI to 2 significant digits, the mean
+    to the same decimal place."""
+    decimals = _decimals(ci)
+    return (mean, ci) if decimals is None else (round(mean, decimals), round(ci, decimals))
+
+
+def scores_text(mean: float, ci: float) -> tuple[str, str]:
+    """``mean`` and ``ci`` rounded by :func:`round_to_ci`, as text that keeps the CI's significant
+    zeros (0.030, not 0.03); empty when there is no score."""
+    decimals = _decimals(ci)
+    if decimals is None or pd.isna(mean):
+        return "", ""
+    places = max(decimals, 0)
+    mean, ci = round_to_ci(mean, ci)
+    return f"{mean:.{places}f}", f"{ci:.{places}f}"
+
+
+def cell(mean: float, ci: float) -> str:
+    """A table cell, 'mean ± ci95' (:func:`scores_text`), or '—' when there is no score."""
+    mean_text, ci_text = scores_text(mean, ci)
+    return f"{mean_text} ± {ci_text}" if mean_text else "—"
 
 
 def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
@@ -49,7 +93,7 @@ def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
 def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 2-5: test scores at each checkpoint step of the best seed per n."""
     runs = load_runs(run_dirs)
-    keys = row_keys(runs)
+    keys = config_columns(runs)
     rows = []
     for _, best in best_seeds(runs).iterrows():
         run = Path(best["run"])
@@ -73,44 +117,73 @@ def shots_table(evaluations: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFra
     """Table 1: test MSE after adaptation on K points, from ``dmaml evaluate --out`` files."""
     results = pd.DataFrame([json.loads(Path(e).read_text()) for e in evaluations])
     runs = load_runs(sorted(set(results["run"])))
-    keys = row_keys(runs)
+    keys = [k for k in config_columns(runs) if k != "shots"]  # shots: K of the test, not training
     best = best_seeds(runs)[["run", *keys, "seed", "status"]]
-    table = results.merge(best.drop(columns=[k for k in ("shots",) if k in keys]), on="run")
-    return table[[*[k for k in keys if k != "shots"], "seed", "shots", "metric", "mean", "ci95",
-                  "tasks", "status"]], runs
+    table = results.merge(best, on="run")
+    return table[[*keys, "seed", "shots", "metric", "mean", "ci95", "tasks", "status"]], runs
 
 
-def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -> str:
-    """The paper's layout: a row per n, a column per ``column`` value, cells 'mean ± ci95'."""
+def _layout(table: pd.DataFrame, column: str,
+            runs: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """The paper's layout: a header, a row per n with a cell per ``column`` value ('mean ± ci95'),
+    and the notes below the table."""
     keys = [k for k in row_keys(runs) if k != column]
     table = table.sort_values([*keys, column])
-    cells = table.assign(cell=[("—" if pd.isna(m) else f"{m:.3f} ± {c:.3f}")
-                               + (" †" if s == "diverged" else "")
+    cells = table.assign(cell=[cell(m, c) + (" †" if s == "diverged" else "")
                                for m, c, s in zip(table["mean"], table["ci95"], table["status"])])
     wide = cells.pivot(index=keys, columns=column, values="cell")
     seeds = table.groupby(keys)["seed"].first()
-    label = ", ".join(SHORT.get(k, k) for k in keys)
-    header = f"| {label} (seed) | " + " | ".join(f"{column} {c}" for c in wide.columns) + " |"
-    lines = [f"**{title}**", "", header, "|" + "---|" * (len(wide.columns) + 1)]
-    for index, row in wide.iterrows():
-        values = ", ".join(map(str, index if isinstance(index, tuple) else (index,)))
-        lines.append(f"| {values} ({seeds[index]}) | " + " | ".join(row.fillna("")) + " |")
-    metric = table["metric"].iloc[0]
-    all_seeds = sorted(set(runs["seed"]))
-    lines += ["", f"Cells: test {metric}, mean ± 95% CI over {table['tasks'].max()} test tasks, "
-              f"of the seed (of {all_seeds}) with the best validation score after the last step."
-              + (" † the run diverged (— : no score after that)."
-                 if (table["status"] == "diverged").any() else ""), "",
-              f"Configuration: {describe(runs)}."]
-    return "\n".join(lines) + "\n"
+    header = [", ".join(SHORT.get(k, k) for k in keys) + " (seed)",
+              *(f"{column} {c}" for c in wide.columns)]
+    rows = [[", ".join(map(str, index if isinstance(index, tuple) else (index,)))
+             + f" ({seeds[index]})", *row.fillna("")] for index, row in wide.iterrows()]
+    notes = [f"Cells: test {table['metric'].iloc[0]}, mean ± 95% CI over {table['tasks'].max()} "
+             f"test tasks, of the seed (of {listing(runs['seed'])}) with the best validation score "
+             "after the last step."
+             + (" † the run diverged (— : no score after that)."
+                if (table["status"] == "diverged").any() else ""),
+             f"Configuration: {describe(runs)}."]
+    return header, rows, notes
+
+
+def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -> str:
+    """The table in Markdown: its title, the paper's layout (:func:`_layout`) and its notes."""
+    header, rows, notes = _layout(table, column, runs)
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([*lines, *(x for note in notes for x in ("", note))]) + "\n"
+
+
+def html_page(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -> str:
+    """The table as a small HTML page (the Markdown twin's content), for the Snakemake report."""
+    header, rows, notes = _layout(table, column, runs)
+
+    def tr(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+    return "\n".join([
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
+        f"<h3>{html.escape(title)}</h3>", "<table>", tr(header, "th"),
+        *(tr(row, "td") for row in rows), "</table>",
+        *(f"<p>{html.escape(note)}</p>" for note in notes), "</body></html>"]) + "\n"
 
 
 def write(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame, out: Path) -> None:
-    """Write ``out`` (CSV) and its Markdown twin ``out.with_suffix('.md')`` atomically."""
+    """Write ``out`` (CSV, scores as :func:`scores_text` gives them) and its Markdown and HTML twins
+    (``out`` with suffix ``.md`` and ``.html``), each atomically."""
+    if not isinstance(title, str):
+        raise ReportError(f"{out}: the table title must be text, got a {type(title).__name__} "
+                          f"({title!r}); give it as a string")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, table.to_csv(index=False)),
-                       (out.with_suffix(".md"), markdown(table, column, title, runs))):
+    scores = [scores_text(m, c) for m, c in zip(table["mean"], table["ci95"])]
+    csv = table.assign(mean=[m for m, _ in scores], ci95=[c for _, c in scores])
+    for path, text in ((out, csv.to_csv(index=False)),
+                       (out.with_suffix(".md"), markdown(table, column, title, runs)),
+                       (out.with_suffix(".html"), html_page(table, column, title, runs))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
