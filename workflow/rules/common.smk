@@ -115,7 +115,18 @@ TRAINING_CODE = sorted(str(p) for p in SRC.rglob("*.py") if "report" not in p.pa
 REPORT_CODE = sorted(str(p) for p in SRC.glob("report/*.py")) + [str(SRC / "cli.py")]
 # Jobs run this workflow's own source tree (`python -m dmaml.cli`), so that a job runs exactly
 # the code its `code` inputs name; the environment provides the dependencies.
-shell.prefix(f"export PYTHONPATH={SRC.parent}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# (The prefix replaces Snakemake's own, so it restores bash's strict mode: a failing command of
+# a pipe fails the job.)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC.parent}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
+def log_and_show(levels):
+    """The end of a shell command (for an f-string rule command) that writes its output to
+    {log} and shows dmaml's own lines of these levels, e.g. "INFO|WARNING|ERROR", on the
+    terminal as they come."""
+    return (f"2>&1 | tee {{log}} | {{{{ grep -E --line-buffered '^[0-9:]{{{{8}}}} ({levels}) ' "
+            ">&2 || true; }}")
+
 
 
 wildcard_constraints:

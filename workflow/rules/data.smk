@@ -16,9 +16,8 @@ rule download_omniglot:
         strict=omniglot_strict,
         out_dir=lambda wildcards, output: Path(output.background).parent,
     shell:
-        "set -o pipefail; python -m dmaml.cli download-omniglot --source {params.source:q} "
-        "--out-dir {params.out_dir:q} {params.strict} 2>&1 | tee {log} | "
-        "{{ grep -E ' (WARNING|ERROR) ' >&2 || true; }}"
+        "python -m dmaml.cli download-omniglot --source {params.source:q} "
+        f"--out-dir {{params.out_dir:q}} {{params.strict}} {log_and_show('WARNING|ERROR')}"
 
 
 rule preprocess_omniglot:

@@ -1,7 +1,8 @@
 rule train_dmaml:
     """One DMAML run. Its folder also holds metrics.csv, test.csv and checkpoints/; only run.json
     (rewritten last with status "finished") is declared, so a failed or killed job's cleanup
-    keeps the checkpoints and the retried job resumes from them."""
+    keeps the checkpoints and the retried job resumes from them. Its progress lines reach the
+    terminal as well as the log."""
     input:
         data=dataset_file,
         code=TRAINING_CODE,
@@ -26,4 +27,4 @@ rule train_dmaml:
         "../../envs/dmaml.yaml"
     shell:
         "{params.launcher}python -m dmaml.cli train --out {params.out:q} {params.flags} "
-        "--threads {threads} --diverged-ok > {log} 2>&1"
+        f"--threads {{threads}} --diverged-ok {log_and_show('INFO|WARNING|ERROR')}"
