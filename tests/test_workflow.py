@@ -137,6 +137,16 @@ def test_quick_preset_end_to_end(tmp_path):
         with open(flow / "src/dmaml" / module, "a") as f:
             f.write("# an edit\n")
     assert "train_dmaml" not in planned(snakemake(flow, "-n", "table2", "fig3", *config))
+    # fewer test tasks: the finished runs are re-tested, and table, caption and runs agree
+    fewer = [*config, "train={test_tasks: 100}"]
+    done = snakemake(flow, "table2", *fewer, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "re-testing step 50 on 100 tasks" in done.stderr  # progress reaches the terminal
+    assert set(pd.read_csv(flow / "results/tables/table2.csv")["tasks"]) == {100}
+    assert "over 100 test tasks" in (flow / "results/tables/table2.md").read_text()
+    for run in (flow / "results/runs/table2").rglob("run.json"):
+        assert set(pd.read_csv(run.parent / "test.csv")["tasks"]) == {100}
+        assert "test_tasks: 100" in (run.parent / "config.yaml").read_text()
     with open(flow / "src/dmaml/maml.py", "a") as f:
         f.write("# an edit\n")
     assert planned(snakemake(flow, "-n", "table2", "fig3", *config))["train_dmaml"] == 6
