@@ -60,6 +60,7 @@ HELP = {
     "engine": "sequential | vectorized | processes | cluster",
     "threads": "TensorFlow intra-op threads (0: all cores)",
     "on_divergence": "stop | drop: what a non-finite worker does",
+    "tensorboard": "true: TensorBoard scalars in the run folder's tensorboard/",
 }
 
 
