@@ -41,7 +41,6 @@ rule data:
         data_targets(),
 
 
-
 rule table1:
     input:
         "results/tables/table1.csv",

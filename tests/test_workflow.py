@@ -55,6 +55,16 @@ def test_lint_is_clean(workflow):
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr
 
 
+def test_snakefmt_is_clean():
+    """The Snakemake community's formatter (pinned in the test extra), as the workflow catalog
+    checks it; settings in pyproject.toml."""
+    pytest.importorskip("snakefmt")
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
+    done = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *map(str, files)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_table2_plans_the_paper_grid(workflow):
     jobs = planned(snakemake(workflow, "-n", "results/tables/table2.csv"))
     assert jobs == {"download_omniglot": 1, "preprocess_omniglot": 1, "train_dmaml": 6 * 3,

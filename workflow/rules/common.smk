@@ -10,7 +10,6 @@ from snakemake.utils import validate
 from dmaml.config import DATASET_DEFAULTS, FIELDS as RUN_FIELDS, RunConfig, resolve
 from dmaml.errors import ConfigError
 
-
 # keys whose values are text: never read as YAML ("Table 2: ..." would become a mapping)
 TEXT_KEYS = {"source", "title"}
 
@@ -37,8 +36,10 @@ def check_top_level(schema_path):
     known = yaml.safe_load(Path(workflow.basedir, schema_path).read_text())["properties"]
     unknown = sorted(set(config) - set(known))
     if unknown:
-        raise WorkflowError(f"config: unknown top-level key(s) {unknown}; known keys are "
-                            f"{sorted(known)} (workflow/schemas/config.schema.yaml)")
+        raise WorkflowError(
+            f"config: unknown top-level key(s) {unknown}; known keys are "
+            f"{sorted(known)} (workflow/schemas/config.schema.yaml)"
+        )
 
 
 parse_nested(config)
@@ -67,7 +68,7 @@ def miniimagenet_source(wildcards):
         raise WorkflowError(
             "resources/miniimagenet.h5 needs a local copy of miniImageNet, which has no free "
             "download: set `miniimagenet: {source: PATH}` in config.yaml (or pass --config "
-            "\"miniimagenet={source: PATH}\"); `dmaml prepare-miniimagenet --help` lists the "
+            '"miniimagenet={source: PATH}"); `dmaml prepare-miniimagenet --help` lists the '
             "accepted forms and where people get them."
         )
     return source
@@ -77,7 +78,6 @@ def miniimagenet_aggregate(wildcards):
     if config["miniimagenet"]["aggregate_val_test"]:
         return "--aggregate-val-test"
     return "--no-aggregate-val-test"
-
 
 
 # --- experiments: the training runs behind each table and figure ------------------------------
@@ -108,10 +108,22 @@ SRC = Path(workflow.basedir, "src", "dmaml")
 # line, benchmarks, run monitoring, provenance and error texts, data preparation (its output, the
 # HDF5 file, is an input of its own) and the report. Any other module (a new one too) is an input
 # of every training job.
-NOT_TRAINING_CODE = {"cli.py", "bench.py", "status.py", "provenance.py", "errors.py",
-                     "data/cli.py", "data/download.py", "data/omniglot.py", "data/miniimagenet.py"}
-TRAINING_CODE = sorted(str(p) for p in SRC.rglob("*.py") if "report" not in p.parts
-                       and p.relative_to(SRC).as_posix() not in NOT_TRAINING_CODE)
+NOT_TRAINING_CODE = {
+    "cli.py",
+    "bench.py",
+    "status.py",
+    "provenance.py",
+    "errors.py",
+    "data/cli.py",
+    "data/download.py",
+    "data/omniglot.py",
+    "data/miniimagenet.py",
+}
+TRAINING_CODE = sorted(
+    str(p)
+    for p in SRC.rglob("*.py")
+    if "report" not in p.parts and p.relative_to(SRC).as_posix() not in NOT_TRAINING_CODE
+)
 REPORT_CODE = sorted(str(p) for p in SRC.glob("report/*.py")) + [str(SRC / "cli.py")]
 # Jobs run this workflow's own source tree (`python -m dmaml.cli`), so that a job runs exactly
 # the code its `code` inputs name; the environment provides the dependencies.
@@ -124,9 +136,9 @@ def log_and_show(levels):
     """The end of a shell command (for an f-string rule command) that writes its output to
     {log} and shows dmaml's own lines of these levels, e.g. "INFO|WARNING|ERROR", on the
     terminal as they come."""
-    return (f"2>&1 | tee {{log}} | {{{{ grep -E --line-buffered '^[0-9:]{{{{8}}}} ({levels}) ' "
-            ">&2 || true; }}")
-
+    return (
+        f"2>&1 | tee {{log}} | {{{{ grep -E --line-buffered '^[0-9:]{{{{8}}}} ({levels}) ' " ">&2 || true; }}"
+    )
 
 
 wildcard_constraints:
@@ -183,9 +195,17 @@ def run_settings(experiment, dataset, ways, shots, workers, m, t, merge, reducti
         for k, v in exp.items()
         if k in RUN_FIELDS and k not in REPORT_KEYS and k not in GRID and v is not None
     }
-    values.update(dataset=dataset, ways=int(ways), shots=int(shots), workers=int(workers),
-                  steps_per_run=int(m), tasks_per_step=int(t), merge=merge,
-                  outer_reduction=reduction, seed=int(seed))
+    values.update(
+        dataset=dataset,
+        ways=int(ways),
+        shots=int(shots),
+        workers=int(workers),
+        steps_per_run=int(m),
+        tasks_per_step=int(t),
+        merge=merge,
+        outer_reduction=reduction,
+        seed=int(seed),
+    )
     if reduction == "sum" and "sum_beta_per_task" in exp:
         # Figure 5, bottom row: the rate grows with the tasks summed (0.001 at t = 32)
         values["beta"] = exp["sum_beta_per_task"] * int(t)
@@ -198,24 +218,29 @@ def run_settings(experiment, dataset, ways, shots, workers, m, t, merge, reducti
 def run_flags(wildcards):
     """`dmaml train` flags of one run (every setting, so that a change re-runs the job)."""
     values = run_settings(**{k: wildcards[k] for k in ("experiment", *GRID.values())})
-    return " ".join(f"--{k} {json.dumps(v, separators=(',', ':'))!r}" if isinstance(v, list)
-                    else f"--{k} {v}" for k, v in sorted(values.items()))
+    return " ".join(
+        f"--{k} {json.dumps(v, separators=(',', ':'))!r}" if isinstance(v, list) else f"--{k} {v}"
+        for k, v in sorted(values.items())
+    )
 
 
 def check_experiments():
     """Check every run's settings now, so that a wrong value stops the workflow before any job."""
     known = set(RUN_FIELDS) | set(GRID) | REPORT_KEYS
-    sections = {"train": config["train"], **{f"experiments.{k}": v
-                                             for k, v in config["experiments"].items()}}
+    sections = {"train": config["train"], **{f"experiments.{k}": v for k, v in config["experiments"].items()}}
     for where, values in sections.items():
         unknown = sorted(set(values) - known)
         if unknown:
-            raise WorkflowError(f"config.yaml, {where}: unknown key(s) {unknown}; known keys are "
-                                f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}")
+            raise WorkflowError(
+                f"config.yaml, {where}: unknown key(s) {unknown}; known keys are "
+                f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}"
+            )
         for key in INTEGER_GRID_KEYS & set(values):
             if not all(type(v) is int for v in as_list(values[key])):
-                raise WorkflowError(f"config.yaml, {where}: {key}: must be an integer or a list "
-                                    f"of integers, got {values[key]!r}")
+                raise WorkflowError(
+                    f"config.yaml, {where}: {key}: must be an integer or a list "
+                    f"of integers, got {values[key]!r}"
+                )
     for name in config["experiments"]:
         for wildcards in runs(name):
             try:

@@ -5,15 +5,15 @@ rule evaluate_shots:
         code=TRAINING_CODE,
     output:
         f"{RUN}/eval/shots{{k}}.json",
+    log:
+        f"logs/evaluate_shots/{RUN_ID}-shots{{k}}.log",
+    wildcard_constraints:
+        k=r"\d+",
+    conda:
+        "../../envs/dmaml.yaml"
     params:
         run=lambda wildcards, input: Path(input.run).parent,
         test_tasks=lambda wildcards: settings(wildcards.experiment)["test_tasks"],
-    wildcard_constraints:
-        k=r"\d+",
-    log:
-        f"logs/evaluate_shots/{RUN_ID}-shots{{k}}.log",
-    conda:
-        "../../envs/dmaml.yaml"
     shell:
         "python -m dmaml.cli evaluate --run {params.run:q} --shots {wildcards.k} "
         "--test_tasks {params.test_tasks} --out {output:q} > {log} 2>&1"
@@ -26,11 +26,11 @@ rule evaluate_extrapolation:
         code=TRAINING_CODE,
     output:
         f"{RUN}/eval/extrapolation.csv",
-    params:
-        run=lambda wildcards, input: Path(input.run).parent,
     log:
         f"logs/evaluate_extrapolation/{RUN_ID}.log",
     conda:
         "../../envs/dmaml.yaml"
+    params:
+        run=lambda wildcards, input: Path(input.run).parent,
     shell:
         "python -m dmaml.cli evaluate --run {params.run:q} --extrapolate {output:q} > {log} 2>&1"

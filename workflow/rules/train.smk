@@ -8,14 +8,12 @@ rule train_dmaml:
         code=TRAINING_CODE,
     output:
         f"{RUN}/run.json",
-    params:
-        flags=run_flags,
-        out=lambda wildcards, output: Path(output[0]).parent,
-        launcher=train_launcher,
     log:
         f"logs/train_dmaml/{RUN_ID}.log",
     benchmark:
         f"benchmarks/train_dmaml/{RUN_ID}.tsv"
+    conda:
+        "../../envs/dmaml.yaml"
     threads: train_threads
     resources:
         mem_mb=train_mem,
@@ -23,8 +21,10 @@ rule train_dmaml:
         nodes=cluster_nodes,
         tasks=cluster_nodes,
         mpi=cluster_mpi,
-    conda:
-        "../../envs/dmaml.yaml"
+    params:
+        flags=run_flags,
+        out=lambda wildcards, output: Path(output[0]).parent,
+        launcher=train_launcher,
     shell:
         "{params.launcher}python -m dmaml.cli train --out {params.out:q} {params.flags} "
         f"--threads {{threads}} --diverged-ok {log_and_show('INFO|WARNING|ERROR')}"
