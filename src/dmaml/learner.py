@@ -233,16 +233,16 @@ class Learner:
         if resume is not None and resume > cfg.steps:
             raise CheckpointError(f"{self.out}: the run is at step {resume}, beyond steps="
                                   f"{cfg.steps}; set steps >= {resume} or use another --out")
+        if cfg.tensorboard:
+            import tensorflow as tf
+
+            self.summary = tf.summary.create_file_writer(str(self.out / "tensorboard"))
         self.metrics.start(resume)
         self.tests.start(resume)
         if resume:
             self._retest(resume, tester)
         dump(cfg, self.out / "config.yaml")  # after test.csv agrees with it
         self.versions = provenance.versions()
-        if cfg.tensorboard:
-            import tensorflow as tf
-
-            self.summary = tf.summary.create_file_writer(str(self.out / "tensorboard"))
         self._write_run_json("running", s, engine=cfg.engine)
         return s
 
