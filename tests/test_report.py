@@ -138,10 +138,13 @@ def test_table_has_an_html_view_for_the_report(runs, tmp_path):
 
 def test_figure3_says_what_lines_and_bands_are(runs):
     fig, ax = plt.subplots()
-    figures.plot_curves(ax, tables.load_runs(runs), ["workers"], lambda v: f"n = {v[0]}",
-                        trend=True)
+    frame = tables.load_runs(runs)
+    figures.plot_curves(ax, frame, ["workers"], lambda v: f"n = {v[0]}", trend=True)
+    figures.settings_note(fig, frame)
+    assert fig.texts[0].get_text() == ("sine: N = 1, k = 10, m = 1, t = 10; seeds 0, 1; each point: "
+                                       "validation on 5 fixed tasks")
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("±1 std over" in label for label in labels)
+    assert "n = 1 (2 seeds)" in labels and any("±1 std over" in label for label in labels)
     assert any("dashed" in label and "cubic" in label for label in labels)
     data = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
     trends = [line for line in ax.get_lines() if line.get_linestyle() == "--"]

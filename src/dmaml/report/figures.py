@@ -59,7 +59,8 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
         table = pd.concat(curves, axis=1).sort_index()
         mean, std = table.mean(axis=1), table.std(axis=1, ddof=0)
         xs = table.index.to_numpy() * (group["tasks_per_step"].iloc[0] if x == "tasks" else 1)
-        name = f"{label(value if isinstance(value, tuple) else (value,))} ({len(curves)} seeds)"
+        seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+        name = f"{label(value if isinstance(value, tuple) else (value,))} ({seeds})"
         ax.plot(xs, mean, color=color, lw=1.8, label=name)
         ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
         if trend and len(xs) > 3:
