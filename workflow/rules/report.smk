@@ -37,9 +37,7 @@ rule make_table1:
     """Table 1: sine test MSE after one step on K points, best seed per n."""
     input:
         evals=lambda wildcards: [
-            f"{d}/eval/shots{k}.json"
-            for d in run_dirs("table1")
-            for k in settings("table1")["test_shots"]
+            f"{d}/eval/shots{k}.json" for d in run_dirs("table1") for k in settings("table1")["test_shots"]
         ],
         code=REPORT_CODE,
     output:
@@ -87,9 +85,7 @@ rule plot_figure:
     params:
         runs=lambda wildcards, input: [str(Path(r).parent) for r in input.runs],
         kind=lambda wildcards: FIGURE_KINDS[wildcards.figure],
-        max_step=lambda wildcards: config["experiments"][wildcards.figure].get(
-            "max_step", 0
-        ),
+        max_step=lambda wildcards: config["experiments"][wildcards.figure].get("max_step", 0),
     shell:
         "python -m dmaml.cli figure {params.kind} {params.runs:q} --max_step {params.max_step} "
         "--out {output.png:q} > {log} 2>&1"
@@ -98,9 +94,7 @@ rule plot_figure:
 rule plot_extrapolation:
     """Figure 2: sine models of each n adapted on the left half of a task."""
     input:
-        curves=lambda wildcards: [
-            f"{d}/eval/extrapolation.csv" for d in run_dirs("fig2")
-        ],
+        curves=lambda wildcards: [f"{d}/eval/extrapolation.csv" for d in run_dirs("fig2")],
         code=REPORT_CODE,
     output:
         png=report(
