@@ -256,7 +256,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     column, builder = TABLES[args.kind]
     table, runs = getattr(tables, builder)(args.inputs)
     tables.write(table, column, args.title, runs, args.out)
-    log.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+    log.info("wrote %s and its .md and .html twins", args.out)
     return 0
 
 
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="make one of the paper's tables from run folders",
                            description="checkpoints: Tables 2-5 from run folders (test.csv at each "
                                        "checkpoint step); shots: Table 1 from `dmaml evaluate "
-                                       "--out` files. Writes OUT (CSV) and its Markdown twin.")
+                                       "--out` files. Writes OUT (CSV) and its Markdown and HTML twins.")
     table.add_argument("kind", choices=sorted(TABLES))
     table.add_argument("inputs", nargs="+", help="run folders (checkpoints) or JSON files (shots)")
     table.add_argument("--out", type=Path, required=True, help="CSV file to write")
