@@ -76,7 +76,7 @@ def test_killed_and_terminated_training_resumes_bitwise(tmp_path, whole, engine)
         if sig == signal.SIGINT:  # its default is a KeyboardInterrupt traceback, exit 1
             assert proc.returncode == 130, err[-3000:]
         if sig != signal.SIGKILL and proc.returncode == 128 + sig:
-            assert time.time() - sent < 10, f"{sig.name} must checkpoint and exit within seconds"
+            assert time.time() - sent < 30, f"{sig.name} must checkpoint and exit within seconds"
             assert "checkpoint written" in err and "run the same command again" in err
             assert "Traceback" not in err, err[-3000:]
             assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
