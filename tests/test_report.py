@@ -69,7 +69,8 @@ def test_shots_table_and_figures_through_the_cli(runs, tmp_path):
         assert main(["evaluate", "--run", str(d), "--extrapolate", str(curves[-1])]) == 0
     assert main(["table", "shots", *map(str, evals), "--out", str(tmp_path / "t1.csv")]) == 0
     t1 = pd.read_csv(tmp_path / "t1.csv")
-    assert sorted(set(t1["shots"])) == [5, 10] and len(t1) == 4
+    assert sorted(set(t1["K"])) == [5, 10] and len(t1) == 4
+    assert set(t1["shots"]) == {10} and set(t1["step"]) == {40}  # training shots, last step
     for kind in ("workers", "steps_per_run", "split", "tasks"):
         assert main(["figure", kind, *map(str, runs), "--out", str(tmp_path / kind)]) == 0
         for suffix in (".png", ".pdf", ".txt"):

@@ -245,7 +245,7 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("shots", "shots_table")}
+TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("K", "shots_table")}
 FIGURES = {"workers": "workers_figure", "steps_per_run": "steps_per_run_figure",
            "tasks": "tasks_figure", "split": "split_figure", "extrapolation": "extrapolation_figure"}
 
@@ -255,6 +255,12 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     column, builder = TABLES[args.kind]
     table, runs = getattr(tables, builder)(args.inputs)
+    if args.paper or args.paper_table:
+        from dmaml.report import paper
+
+        if not (args.paper and args.paper_table):
+            raise ConfigError("--paper CSV and --paper-table NAME go together; give both")
+        table = paper.compare(table, paper.load_paper(args.paper), args.paper_table)
     tables.write(table, column, args.title, runs, args.out)
     log.info("wrote %s and its .md and .html twins", args.out)
     return 0
@@ -332,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("inputs", nargs="+", help="run folders (checkpoints) or JSON files (shots)")
     table.add_argument("--out", type=Path, required=True, help="CSV file to write")
     table.add_argument("--title", default="DMAML test results", help="title of the Markdown table")
+    table.add_argument("--paper", type=Path, metavar="CSV",
+                       help="the paper's values (workflow/paper/tables.csv): show each cell beside "
+                            "the paper's, with the difference and a verdict")
+    _add_flag(table, "--paper-table", metavar="NAME",
+              help="the paper's table to compare with (table1 ... table5); needs --paper")
     table.set_defaults(func=cmd_table)
 
     figure = sub.add_parser("figure", help="make one of the paper's figures from run folders",

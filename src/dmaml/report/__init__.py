@@ -50,6 +50,18 @@ def listing(values) -> str:
     return ", ".join(map(str, sorted(set(values))))
 
 
+# verdicts of a cell of ours beside the paper's (dmaml.report.paper.verdict); NONE: nothing compared
+VERDICTS = ("=", "better", "worse")
+NONE = "-"
+
+
+def counts(verdicts: pd.Series) -> str:
+    """How many cells of each verdict: ``12 of 18 cells compared: 8 =, 1 better, 3 worse``."""
+    compared = verdicts[verdicts != NONE]
+    return (f"{len(compared)} of {len(verdicts)} cells compared: "
+            + ", ".join(f"{(compared == v).sum()} {v}" for v in VERDICTS))
+
+
 def describe(runs: pd.DataFrame) -> str:
     """One line naming the settings shared by ``runs``, those that vary, and the code version."""
     fixed, varying = [], []

@@ -7,7 +7,9 @@ K (Table 1). A run that diverged is marked with a dagger. Scores are rounded to 
 supports: the CI to 2 significant digits, the mean to the same decimal place. Each table is written
 as a tidy CSV whose columns name the configuration (the settings that identify the experiment and
 those that vary), and as Markdown and HTML twins in the paper's layout whose caption states the
-configuration behind it (the HTML one is what the Snakemake report shows).
+configuration behind it (the HTML one is what the Snakemake report shows). Given the paper's values
+(:func:`dmaml.report.paper.compare`), each row of ours has one under it with the paper's value of
+each cell, the difference and a verdict, and the CSV has them as columns.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dmaml.report import IDENTITY, SETTINGS, SHORT, ReportError, describe, listing, load_runs, metrics
+from dmaml.report import IDENTITY, SETTINGS, SHORT, ReportError, counts, describe, listing, load_runs, metrics
 
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
@@ -114,19 +116,35 @@ def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataF
 
 
 def shots_table(evaluations: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 1: test MSE after adaptation on K points, from ``dmaml evaluate --out`` files."""
+    """Table 1: test MSE after adaptation on K points, from ``dmaml evaluate --out`` files (of the
+    runs' final parameters: ``step`` is the run's last step)."""
     results = pd.DataFrame([json.loads(Path(e).read_text()) for e in evaluations])
+    results = results.rename(columns={"shots": "K"})  # K of the test; shots: of the training
     runs = load_runs(sorted(set(results["run"])))
-    keys = [k for k in config_columns(runs) if k != "shots"]  # shots: K of the test, not training
-    best = best_seeds(runs)[["run", *keys, "seed", "status"]]
+    keys = config_columns(runs)
+    best = best_seeds(runs)
+    best = best[["run", *keys, "seed", "status"]].assign(step=best["steps"])
     table = results.merge(best, on="run")
-    return table[[*keys, "seed", "shots", "metric", "mean", "ci95", "tasks", "status"]], runs
+    return table[[*keys, "seed", "K", "step", "metric", "mean", "ci95", "tasks", "status"]], runs
+
+
+PAPER_ROW = "paper"  # the first cell of the row under each of ours that shows the paper's
+
+
+def _paper_cell(row: pd.Series) -> str:
+    """The paper's cell beside one of ours: 'paper mean ± ci95 · ours - paper · verdict', '-'
+    where the paper has none (:func:`dmaml.report.paper.compare` adds these columns)."""
+    if pd.isna(row["paper_mean"]):
+        return row["verdict"]
+    parts = [f"{row['paper_mean']} ± {row['paper_ci95']}", row["difference"], row["verdict"]]
+    return " · ".join(p for p in parts if p)
 
 
 def _layout(table: pd.DataFrame, column: str,
             runs: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """The paper's layout: a header, a row per n with a cell per ``column`` value ('mean ± ci95'),
-    and the notes below the table."""
+    under it, where ``table`` has the paper's values, a row with the paper's beside each cell, and
+    the notes below the table."""
     keys = [k for k in row_keys(runs) if k != column]
     table = table.sort_values([*keys, column])
     cells = table.assign(cell=[cell(m, c) + (" †" if s == "diverged" else "")
@@ -135,14 +153,28 @@ def _layout(table: pd.DataFrame, column: str,
     seeds = table.groupby(keys)["seed"].first()
     header = [", ".join(SHORT.get(k, k) for k in keys) + " (seed)",
               *(f"{column} {c}" for c in wide.columns)]
-    rows = [[", ".join(map(str, index if isinstance(index, tuple) else (index,)))
-             + f" ({seeds[index]})", *row.fillna("")] for index, row in wide.iterrows()]
+    paper = "verdict" in table
+    if paper:
+        papers = cells.assign(cell=[_paper_cell(r) for _, r in table.iterrows()]).pivot(
+            index=keys, columns=column, values="cell")
+    rows = []
+    for index, row in wide.iterrows():
+        rows.append([", ".join(map(str, index if isinstance(index, tuple) else (index,)))
+                     + f" ({seeds[index]})", *row.fillna("")])
+        if paper:
+            rows.append([PAPER_ROW, *papers.loc[index].fillna("")])
     notes = [f"Cells: test {table['metric'].iloc[0]}, mean ± 95% CI over {table['tasks'].max()} "
              f"test tasks, of the seed (of {listing(runs['seed'])}) with the best validation score "
              "after the last step."
              + (" † the run diverged (— : no score after that)."
-                if (table["status"] == "diverged").any() else ""),
-             f"Configuration: {describe(runs)}."]
+                if (table["status"] == "diverged").any() else "")]
+    if paper:
+        notes.append("Under each row, the paper's value of that cell · ours - paper · verdict: = "
+                     "the two 95% intervals overlap; better / worse: they do not, and ours is "
+                     + ("higher / lower" if table["metric"].iloc[0] == "accuracy" else "lower / higher")
+                     + "; - the paper has no value for that cell. Against the paper: "
+                     + counts(table["verdict"]) + ".")
+    notes.append(f"Configuration: {describe(runs)}.")
     return header, rows, notes
 
 
@@ -159,13 +191,15 @@ def html_page(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) 
     header, rows, notes = _layout(table, column, runs)
 
     def tr(cells: list[str], tag: str) -> str:
-        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+        start = '<tr class="paper">' if cells[0] == PAPER_ROW else "<tr>"
+        return start + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
 
     return "\n".join([
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} "
+        "tr.paper td{color:#555;font-size:85%;border-top:none}</style></head><body>",
         f"<h3>{html.escape(title)}</h3>", "<table>", tr(header, "th"),
         *(tr(row, "td") for row in rows), "</table>",
         *(f"<p>{html.escape(note)}</p>" for note in notes), "</body></html>"]) + "\n"

@@ -1,0 +1,181 @@
+"""The paper's values beside ours: the transcribed CSV, the verdicts and the matching of cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dmaml import config
+from dmaml.cli import main
+from dmaml.errors import ReportError
+from dmaml.report import paper
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "workflow" / "paper" / "tables.csv"
+
+
+@pytest.mark.parametrize("ours, theirs, metric, expected", [
+    ((0.80, 0.01), (0.81, 0.006), "accuracy", "="),      # overlap
+    ((0.80, 0.004), (0.81, 0.006), "accuracy", "="),     # intervals that touch
+    ((0.90, 0.01), (0.81, 0.006), "accuracy", "better"),
+    ((0.70, 0.01), (0.81, 0.006), "accuracy", "worse"),
+    ((0.50, 0.04), (0.52, 0.04), "mse", "="),
+    ((0.30, 0.04), (0.52, 0.04), "mse", "better"),       # lower MSE is better
+    ((0.70, 0.04), (0.52, 0.04), "mse", "worse"),
+    ((0.80, 0.01), (float("nan"), float("nan")), "accuracy", "-"),  # no paper value
+    ((float("nan"), float("nan")), (0.81, 0.006), "accuracy", "-"),  # no score of ours
+])
+def test_verdict_on_hand_made_intervals(ours, theirs, metric, expected):
+    assert paper.verdict(*ours, *theirs, metric) == expected
+
+
+def test_transcribed_tables_have_the_papers_shape():
+    cells = paper.load_paper(PAPER)
+    assert PAPER.read_text().startswith("# ") and "garbled" in PAPER.read_text()
+    assert cells.groupby("table").size().to_dict() == {
+        "table1": 12, "table2": 36, "table3": 36, "table4": 36, "table5": 24}
+    one = cells[cells["table"] == "table1"]
+    assert set(one["metric"]) == {"mse"} and set(one["step"]) == {10000}
+    assert set(one["K"]) == {5, 10, 20} and set(one["workers"]) == {1, 4, 16, 64}
+    images = cells[cells["table"] != "table1"]
+    assert set(images["metric"]) == {"accuracy"} and images["K"].isna().all()
+    accuracy = images["mean"].astype(float)
+    assert accuracy.between(0, 1).all() and accuracy.min() > 0.3  # fractions, not percentages
+    assert (cells["ci95"].astype(float) > 0).all()
+    for name, (dataset, ways, shots, steps, workers) in {
+            "table2": ("omniglot", 5, {1}, {500, 1000, 2000, 4000, 8000, 10000}, {1, 2, 4, 8, 16, 32}),
+            "table3": ("omniglot", 5, {5}, {500, 1000, 2000, 4000, 8000, 10000}, {1, 2, 4, 8, 16, 32}),
+            "table4": ("omniglot", 20, {1}, {500, 1000, 2000, 4000, 8000, 10000}, {1, 2, 4, 8, 16, 32}),
+            "table5": ("miniimagenet", 5, {1, 5}, {500, 1000, 2000}, {4, 8, 16, 32})}.items():
+        t = cells[cells["table"] == name]
+        assert set(t["dataset"]) == {dataset} and set(t["ways"]) == {ways}
+        assert set(t["shots"]) == shots and set(t["step"]) == steps and set(t["workers"]) == workers
+    # spot checks, one per table, read off the paper again
+    spot = cells.set_index(["table", "shots", "workers", "step", "K"])
+    assert spot.loc[("table1", 10, 16, 10000, 10), ["mean", "ci95"]].tolist() == ["0.53", "0.05"]
+    assert spot.loc[("table2", 1, 32, 8000, pd.NA), ["mean", "ci95"]].tolist() == ["0.75", "0.016"]
+    assert spot.loc[("table3", 5, 8, 10000, pd.NA), ["mean", "ci95"]].tolist() == ["0.72", "0.021"]
+    assert spot.loc[("table4", 1, 1, 500, pd.NA), ["mean", "ci95"]].tolist() == ["0.59", "0.004"]
+    assert spot.loc[("table5", 5, 32, 2000, pd.NA), ["mean", "ci95"]].tolist() == ["0.53", "0.006"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("ci95,source", "ci,source"), r"missing column\(s\) \['ci95'\]"),
+    (lambda text: text.replace("0.81,0.006", "0.81,n/a"), "ci95 is not a number.*table2"),
+    (lambda text: text + "table2,omniglot,5,1,1,,500,accuracy,0.8,0.01,x\n", "same cell twice"),
+    (lambda text: text.replace(",mse,1.24", ",loss,1.24"), r"unknown metric\(s\) \['loss'\]"),
+])
+def test_a_wrong_paper_file_is_a_clear_error(tmp_path, edit, message):
+    broken = tmp_path / "tables.csv"
+    broken.write_text(edit(PAPER.read_text()))
+    with pytest.raises(ReportError, match=f"{broken}: .*{message}"):
+        paper.load_paper(broken)
+
+
+def run_folder(path: Path, tests: dict[int, tuple[float, float]], steps: int = 10000,
+               **settings) -> Path:
+    """A finished run folder, as `dmaml train` leaves it, with these test scores per step."""
+    cfg = config.load(None, {"steps": steps, "checkpoint_steps": sorted(tests), **settings})
+    path.mkdir(parents=True)
+    config.dump(cfg, path / "config.yaml")
+    (path / "run.json").write_text(json.dumps({"status": "finished", "dmaml": "0", "git": "x"}))
+    score = "val_acc" if cfg.dataset != "sine" else "val_loss"
+    pd.DataFrame({"step": [steps], score: [0.5]}).to_csv(path / "metrics.csv", index=False)
+    pd.DataFrame([{"step": s, "metric": "accuracy", "mean": m, "ci95": c, "tasks": 600}
+                  for s, (m, c) in tests.items()]).to_csv(path / "test.csv", index=False)
+    return path
+
+
+@pytest.fixture
+def omniglot_runs(tmp_path) -> list[Path]:
+    """Omniglot 5-way 1-shot runs: n = 1, 2 (in the paper's Table 2), n = 3 (not), each tested at
+    step 500 (a column of the paper) and 50 (not)."""
+    scores = {1: {50: (0.5, 0.01), 500: (0.8123, 0.0102)},    # paper 0.81 ± 0.006: =
+              2: {50: (0.5, 0.01), 500: (0.9512, 0.0081)},    # paper 0.84 ± 0.006: better
+              3: {50: (0.5, 0.01), 500: (0.6, 0.01)}}         # no paper n = 3
+    return [run_folder(tmp_path / f"n{n}", tests, dataset="omniglot", ways=5, shots=1, workers=n)
+            for n, tests in scores.items()]
+
+
+def test_cells_match_the_paper_on_their_settings_and_step_only(omniglot_runs, tmp_path):
+    out = tmp_path / "table2.csv"
+    assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out),
+                 "--paper", str(PAPER), "--paper-table", "table2"]) == 0
+    csv = pd.read_csv(out, dtype=str, keep_default_na=False).set_index(["workers", "step"])
+    assert list(csv.columns[-4:]) == ["paper_mean", "paper_ci95", "difference", "verdict"]
+    assert csv.loc[("1", "500"), ["mean", "paper_mean", "paper_ci95", "difference", "verdict"]
+                   ].tolist() == ["0.812", "0.81", "0.006", "+0.00", "="]
+    assert csv.loc[("2", "500"), ["paper_mean", "difference", "verdict"]].tolist() == [
+        "0.84", "+0.11", "better"]
+    for cell in [("1", "50"), ("2", "50"), ("3", "50"), ("3", "500")]:  # no such paper cell
+        assert csv.loc[cell, ["paper_mean", "difference", "verdict"]].tolist() == ["", "", "-"]
+
+    md = out.with_suffix(".md").read_text()
+    assert "| 1 (0) | 0.500 ± 0.010 | 0.812 ± 0.010 |" in md
+    assert "| paper | - | 0.81 ± 0.006 · +0.00 · = |" in md
+    assert "| paper | - | 0.84 ± 0.006 · +0.11 · better |" in md
+    assert "Against the paper: 2 of 6 cells compared: 1 =, 1 better, 0 worse." in md
+    html = out.with_suffix(".html").read_text()
+    assert '<tr class="paper"><td>paper</td><td>-</td><td>0.84 ± 0.006 · +0.11 · better</td>' in html
+
+    # another table of the paper (5-way 5-shot) has no cell of these 1-shot runs
+    assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out),
+                 "--paper", str(PAPER), "--paper-table", "table3"]) == 0
+    assert set(pd.read_csv(out)["verdict"]) == {"-"}
+
+
+def test_paper_needs_its_table_name(omniglot_runs, tmp_path, caplog):
+    out = tmp_path / "t.csv"
+    assert main(["table", "checkpoints", str(omniglot_runs[0]), "--out", str(out),
+                 "--paper", str(PAPER)]) == 2
+    assert "--paper CSV and --paper-table NAME go together" in caplog.text and not out.exists()
+
+
+def test_table1_matches_on_k_and_the_runs_last_step(tmp_path):
+    """Table 1's cells are after 10,000 steps: a run of 10,000 steps is compared at K = 5 (a
+    column of the paper) and not at K = 7; a run of 200 steps is never compared."""
+    evals = []
+    for steps in (10000, 200):
+        run = run_folder(tmp_path / f"s{steps}", {}, steps=steps, dataset="sine", workers=4)
+        for k, mean in ((5, 1.3), (7, 1.0)):
+            evals.append(tmp_path / f"s{steps}-k{k}.json")
+            evals[-1].write_text(json.dumps({"run": str(run), "shots": k, "metric": "mse",
+                                             "mean": mean, "ci95": 0.1, "tasks": 600}))
+    out = tmp_path / "table1.csv"
+    assert main(["table", "shots", *map(str, evals), "--out", str(out), "--paper", str(PAPER),
+                 "--paper-table", "table1"]) == 0
+    csv = pd.read_csv(out, dtype=str, keep_default_na=False).set_index(["step", "K"])
+    assert csv.loc[("10000", "5"), ["shots", "paper_mean", "difference", "verdict"]].tolist() == [
+        "10", "1.02", "+0.28", "worse"]  # 1.3 ± 0.1 against 1.02 ± 0.08: higher MSE
+    assert (csv.drop(("10000", "5"))["verdict"] == "-").all()
+    assert "| paper | 1.02 ± 0.08 · +0.28 · worse | - |" in out.with_suffix(".md").read_text()
+
+
+def test_reproduction_sums_up_each_table(omniglot_runs, tmp_path):
+    out = tmp_path / "table2.csv"
+    assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out),
+                 "--paper", str(PAPER), "--paper-table", "table2"]) == 0
+    page = tmp_path / "reproduction.md"
+    assert paper.main([str(out), "--paper", str(PAPER), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "| table2 | 6 | 2 | 1 | 1 | 0 |" in text
+    assert "## table2: omniglot, N = 5, k = 1" in text
+    assert "- Cells: 2 of 6 cells compared: 1 =, 1 better, 0 worse." in text
+    assert "the paper has no value for n = 3; step = 50." in text
+    assert ("Largest differences (ours - paper): n = 2, step 500: ours 0.9512 ± 0.0081, paper 0.84 "
+            "± 0.006, +0.11 (better); n = 1, step 500: ours 0.812 ± 0.010, paper 0.81 ± 0.006, "
+            "+0.00 (=).") in text
+    assert "Paper cells without one of ours: 34 (ours has no n = 4, 8, 16, 32; step = " in text
+    assert "the seed of each row (best validation after the last step): n = 1: 0, n = 2: 0" in text
+    assert "Unlike the paper" not in text  # t = 32, m = 1 and 600 test tasks, as the paper's
+
+
+def test_reproduction_needs_tables_made_with_the_paper(omniglot_runs, tmp_path, capsys):
+    out = tmp_path / "table2.csv"
+    assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out)]) == 0
+    assert "paper" not in out.with_suffix(".md").read_text()  # without --paper: ours alone
+    assert paper.main([str(out), "--paper", str(PAPER), "--out", str(tmp_path / "r.md")]) == 2
+    assert f"{out}: no verdict column" in capsys.readouterr().err
