@@ -15,9 +15,19 @@
 # of its `ray start`.
 set -euo pipefail
 
-PORTS_FROM=20000  # job j uses ports PORTS_FROM + (j % JOB_SLOTS) * PORTS_PER_JOB + [0, 100)
+# Job j uses ports PORTS_FROM + (j % JOB_SLOTS) * PORTS_PER_JOB + [0, 100), all below the
+# node's ephemeral range (ip_local_port_range, 32768-60999 on Linux by default), where the kernel
+# hands out ports of outgoing connections and a bind could fail at random. Jobs whose ids differ
+# by a multiple of JOB_SLOTS (227 by default) would share a block.
+PORTS_FROM=10000
 PORTS_PER_JOB=100
-JOB_SLOTS=400     # ports 20000-59999; jobs whose ids differ by a multiple of 400 would share
+read -r ephemeral _ < /proc/sys/net/ipv4/ip_local_port_range 2> /dev/null || ephemeral=32768
+JOB_SLOTS=$(((ephemeral - PORTS_FROM) / PORTS_PER_JOB))
+if ((JOB_SLOTS < 1)); then
+  echo "ray_srun.sh: the ephemeral port range starts at $ephemeral: no room below it for" \
+    "a block of $PORTS_PER_JOB ports from $PORTS_FROM" >&2
+  exit 1
+fi
 HEAD_WAIT=120     # seconds a node waits for the head to start
 
 if [[ ${1:-} != --node ]]; then
