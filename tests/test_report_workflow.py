@@ -1,6 +1,8 @@
 """`snakemake --report` on a tiny sine grid (Table 1, Figures 2 and 4): the report command of the
-README works once its targets are built, shows each table's content, gives each figure its own
-caption and shows the configuration its home page promises."""
+README works once its targets are built, shows each table's content beside the paper's, gives
+each figure its own caption and shows the configuration its home page promises; the reproduction
+summary is made from the tables named in the config, and the paper's values re-make the tables
+only."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ import textwrap
 import pytest
 import yaml
 
-from .test_workflow import copy_workflow, snakemake
+from .test_workflow import copy_workflow, planned, snakemake
 
-TARGETS = ["table1", "fig2", "fig4"]
+TARGETS = ["table1", "fig2", "fig4", "results/tables/reproduction.md"]
 CONFIG = ["--config", "train={steps: 40, eval_every: 10, val_tasks: 5, test_tasks: 20, seeds: [0], "
           "checkpoint_steps: [40]}",
           "experiments={table1: {workers: [1, 2], test_shots: [5]}, "
-          "fig4: {dataset: sine, workers: 1, steps_per_run: [1, 2], steps: 40, eval_every: 10}}"]
+          "fig4: {dataset: sine, workers: 1, steps_per_run: [1, 2], steps: 40, eval_every: 10}}",
+          "reproduction=[table1]"]
 
 
 def report_entries(page: str) -> tuple[dict, str]:
@@ -42,6 +45,8 @@ def test_report_shows_tables_captions_and_config(tmp_path):
     # each table's content, as the HTML entry the report displays
     page = base64.b64decode(results["results/tables/table1.html"]["data_uri"].split(",")[-1])
     assert len(re.findall(r"<td>[\d.]+ ± [\d.]+</td>", page.decode())) == 2  # n = 1, 2; K = 5
+    # beside the paper's: n = 1 is in its Table 1, but after 10,000 steps, not 40: no verdict
+    assert page.decode().count('<tr class="paper"><td>paper</td><td>-</td></tr>') == 2
     assert "results/tables/table1.csv" in results
 
     # each figure its own words, and no list printed in a caption
@@ -57,3 +62,15 @@ def test_report_shows_tables_captions_and_config(tmp_path):
     config = yaml.safe_load(textwrap.dedent(shown[1].replace("&quot;", '"')))
     assert config["train"]["steps"] == 40 and config["experiments"]["fig4"]["dataset"] == "sine"
     assert config["experiments"]["table2"]["dataset"] == "omniglot"
+
+    # the reproduction summary of the tables named in `reproduction:`
+    text = (flow / "results/tables/reproduction.md").read_text()
+    assert "| table1 | 2 | 0 | 0 | 0 | 0 |" in text and "## table1: sine" in text
+    assert "the paper has no value for n = 2; step = 40." in text  # its Table 1: 10,000 steps
+    assert "Unlike the paper (its Table 6): 20 test tasks (paper 600)." in text
+
+    # a corrected paper value re-makes the tables and the summary, and no training
+    paper = flow / "workflow/paper/tables.csv"
+    paper.write_text(paper.read_text() + "# a corrected value\n")
+    assert planned(snakemake(flow, "-n", *TARGETS, *CONFIG)) == {
+        "make_table1": 1, "make_reproduction": 1, "table1": 1}  # table1: the named target

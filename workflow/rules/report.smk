@@ -1,11 +1,15 @@
 # The report's entries: each table as HTML (the paper's layout, shown in the report) and CSV (its
-# data), each figure as PNG; their captions are workflow/report/*.rst.
+# data), each figure as PNG; their captions are workflow/report/*.rst. Each table shows the
+# paper's published values beside ours (workflow/paper/tables.csv, an input so that editing it
+# re-makes the tables and no training).
+PAPER = str(Path(workflow.basedir, "workflow", "paper", "tables.csv"))
 
 
 rule make_table:
     """Tables 2-5: test scores at each checkpoint step, best seed per row."""
     input:
         runs=lambda wildcards: [f"{d}/run.json" for d in run_dirs(wildcards.table)],
+        paper=PAPER,
         code=REPORT_CODE,
     output:
         csv=report(
@@ -30,7 +34,7 @@ rule make_table:
         title=lambda wildcards: settings(wildcards.table).get("title", wildcards.table),
     shell:
         "python -m dmaml.cli table checkpoints {params.runs:q} --out {output.csv:q} "
-        "--title {params.title:q} > {log} 2>&1"
+        "--title {params.title:q} --paper {input.paper:q} --paper-table {wildcards.table} > {log} 2>&1"
 
 
 rule make_table1:
@@ -39,6 +43,7 @@ rule make_table1:
         evals=lambda wildcards: [
             f"{d}/eval/shots{k}.json" for d in run_dirs("table1") for k in settings("table1")["test_shots"]
         ],
+        paper=PAPER,
         code=REPORT_CODE,
     output:
         csv=report(
@@ -60,7 +65,23 @@ rule make_table1:
         title=lambda wildcards: settings("table1").get("title", "table1"),
     shell:
         "python -m dmaml.cli table shots {input.evals:q} --out {output.csv:q} --title {params.title:q} "
-        "> {log} 2>&1"
+        "--paper {input.paper:q} --paper-table table1 > {log} 2>&1"
+
+
+rule make_reproduction:
+    """Our tables of `reproduction:` (config) beside the paper's, summed up on one page."""
+    input:
+        tables=lambda wildcards: [f"results/tables/{name}.csv" for name in config["reproduction"]],
+        paper=PAPER,
+        code=REPORT_CODE,
+    output:
+        "results/tables/reproduction.md",
+    log:
+        "logs/make_reproduction/reproduction.log",
+    conda:
+        "../../envs/dmaml.yaml"
+    shell:
+        "python -m dmaml.report.paper {input.tables:q} --paper {input.paper:q} --out {output:q} > {log} 2>&1"
 
 
 rule plot_figure:
