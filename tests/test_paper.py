@@ -76,7 +76,7 @@ def test_a_wrong_paper_file_is_a_clear_error(tmp_path, edit, message):
 
 
 def run_folder(path: Path, tests: dict[int, tuple[float, float]], steps: int = 10000,
-               **settings) -> Path:
+               tasks: int = 600, **settings) -> Path:
     """A finished run folder, as `dmaml train` leaves it, with these test scores per step."""
     cfg = config.load(None, {"steps": steps, "checkpoint_steps": sorted(tests), **settings})
     path.mkdir(parents=True)
@@ -84,7 +84,7 @@ def run_folder(path: Path, tests: dict[int, tuple[float, float]], steps: int = 1
     (path / "run.json").write_text(json.dumps({"status": "finished", "dmaml": "0", "git": "x"}))
     score = "val_acc" if cfg.dataset != "sine" else "val_loss"
     pd.DataFrame({"step": [steps], score: [0.5]}).to_csv(path / "metrics.csv", index=False)
-    pd.DataFrame([{"step": s, "metric": "accuracy", "mean": m, "ci95": c, "tasks": 600}
+    pd.DataFrame([{"step": s, "metric": "accuracy", "mean": m, "ci95": c, "tasks": tasks}
                   for s, (m, c) in tests.items()]).to_csv(path / "test.csv", index=False)
     return path
 
@@ -179,3 +179,38 @@ def test_reproduction_needs_tables_made_with_the_paper(omniglot_runs, tmp_path, 
     assert "paper" not in out.with_suffix(".md").read_text()  # without --paper: ours alone
     assert paper.main([str(out), "--paper", str(PAPER), "--out", str(tmp_path / "r.md")]) == 2
     assert f"{out}: no verdict column" in capsys.readouterr().err
+
+
+def test_difference_has_the_papers_precision_where_it_drops_a_zero():
+    """The paper prints 0.90 as 0.9 (Table 2, n = 2, step 10000): still a mean to 2 places."""
+    ours = pd.DataFrame([{"dataset": "omniglot", "ways": 5, "shots": 1, "workers": 2,
+                          "step": 10000, "metric": "accuracy", "mean": 0.9298, "ci95": 0.0081}])
+    row = paper.compare(ours, paper.load_paper(PAPER), "table2").iloc[0]
+    assert (row["paper_mean"], row["difference"], row["verdict"]) == ("0.9", "+0.03", "better")
+
+
+def test_table5_cells_match_on_their_shots(tmp_path):
+    """miniImageNet 1-shot and 5-shot rows of one table: each is compared with its own row."""
+    runs = [run_folder(tmp_path / f"k{k}", {500: (mean, 0.006)}, steps=2000, dataset="miniimagenet",
+                       shots=k, workers=4) for k, mean in ((1, 0.31), (5, 0.44))]
+    out = tmp_path / "table5.csv"
+    assert main(["table", "checkpoints", *map(str, runs), "--out", str(out), "--paper", str(PAPER),
+                 "--paper-table", "table5"]) == 0
+    csv = pd.read_csv(out, dtype=str).set_index("shots")
+    assert csv.loc["1", "paper_mean"] == "0.31" and csv.loc["5", "paper_mean"] == "0.44"
+    assert set(csv["verdict"]) == {"="}
+    assert "| k, n (seed) | step 500 |" in out.with_suffix(".md").read_text()
+
+
+def test_reproduction_names_settings_unlike_the_papers(tmp_path):
+    """A quick-preset-like run (t = 8, 200 test tasks, steps the paper has not): nothing compared,
+    and the summary says why."""
+    run = run_folder(tmp_path / "n1", {50: (0.5, 0.01), 200: (0.6, 0.01)}, steps=200, tasks=200,
+                     dataset="omniglot", workers=1, tasks_per_step=8)
+    out = tmp_path / "table2.csv"
+    assert main(["table", "checkpoints", str(run), "--out", str(out), "--paper", str(PAPER),
+                 "--paper-table", "table2"]) == 0
+    text = paper.reproduction([out], paper.load_paper(PAPER))
+    assert "| table2 | 2 | 0 | 0 | 0 | 0 |" in text and "Largest" not in text
+    assert "- Not compared: 2 cells, the paper has no value for step = 50, 200." in text
+    assert "- Unlike the paper (its Table 6): t = 8 (paper 32), 200 test tasks (paper 600)." in text

@@ -84,8 +84,8 @@ def compare(table: pd.DataFrame, paper: pd.DataFrame, name: str) -> pd.DataFrame
     """``table`` (of :func:`~dmaml.report.tables.checkpoint_table` or ``shots_table``) with the
     paper's cell of ``name`` (e.g. ``table2``) beside each of its cells: ``paper_mean``,
     ``paper_ci95`` (as the paper prints them), ``difference`` (ours - paper, as text to the
-    places of the less precise of the two means) and ``verdict``. Ours are taken as rounded to
-    their CI: the numbers the table shows."""
+    places of the less precise of ours and the paper's table) and ``verdict``. Ours are taken as
+    rounded to their CI: the numbers the table shows."""
     keys = [*MATCH, *(["K"] if "K" in table else [])]
     missing = [k for k in keys if k not in table]
     if missing:
@@ -94,6 +94,8 @@ def compare(table: pd.DataFrame, paper: pd.DataFrame, name: str) -> pd.DataFrame
         columns={"mean": "paper_mean", "ci95": "paper_ci95"})
     cells = cells.astype({k: table[k].dtype for k in keys if k != "K"})
     out = table.merge(cells, on=keys, how="left", validate="many_to_one")
+    # the paper's precision in this table: it prints 0.90 as 0.9, still a mean to 2 places
+    paper_places = cells["paper_mean"].map(_places).max()
     differences, verdicts = [], []
     for _, row in out.iterrows():
         mean, ci = scores_text(row["mean"], row["ci95"])
@@ -101,11 +103,16 @@ def compare(table: pd.DataFrame, paper: pd.DataFrame, name: str) -> pd.DataFrame
             differences.append("")
             verdicts.append(NONE)
             continue
-        places = min(_places(mean), _places(row["paper_mean"]))
+        places = min(_places(mean), paper_places)
         differences.append(f"{float(mean) - float(row['paper_mean']):+.{places}f}")
         verdicts.append(verdict(float(mean), float(ci), float(row["paper_mean"]),
                                 float(row["paper_ci95"]), row["metric"]))
     return out.assign(difference=differences, verdict=verdicts)
+
+
+def _paper_runs(dataset: str) -> dict[str, int]:
+    """The paper's m and t for ``dataset`` (its Table 6), settings every table's CSV names."""
+    return {"steps_per_run": 1, "tasks_per_step": DATASET_DEFAULTS[dataset]["tasks_per_step"]}
 
 
 def _cell_name(row: pd.Series, varying: list[str]) -> str:
@@ -142,24 +149,22 @@ def _section(name: str, ours: pd.DataFrame, paper: pd.DataFrame) -> tuple[list[s
             f"{_cell_name(r, varying)}: ours {r['mean']} ± {r['ci95']}, paper {r['paper_mean']} "
             f"± {r['paper_ci95']}, {r['difference']} ({r['verdict']})" for _, r in top.iterrows())
             + ".")
-    made = ours[[k for k in keys if k in ours]].drop_duplicates()
-    left = cells.merge(made, on=keys, how="left", indicator=True)
+    left = cells.merge(ours[keys].drop_duplicates(), on=keys, how="left", indicator=True)
     left = left[left["_merge"] == "left_only"]
     if not left.empty:
         lines.append(f"- Paper cells without one of ours: {len(left)} (ours has no "
                      f"{_missing_settings(cells, ours, keys)}).")
     seeds = ours.drop_duplicates(rows).sort_values(rows)
-    lines.append("- Ours: " + ", ".join(
-        f"{SHORT[k]} = {listing(ours[k])}" for k in ("steps_per_run", "tasks_per_step") if k in ours)
-        + f"; {listing(ours['tasks'])} test tasks per cell; the seed of each row (best validation "
-        "after the last step): " + ", ".join(
-            f"{_cell_name(r, rows)}: {r['seed']}" for _, r in seeds.iterrows()) + ".")
-    unlike = [f"{SHORT[k]} = {listing(ours[k])} (paper {want})" for k, want in
-              (("steps_per_run", 1), ("tasks_per_step",
-                                      DATASET_DEFAULTS[ours["dataset"].iloc[0]]["tasks_per_step"]))
-              if k in ours and set(ours[k]) != {want}]
-    if not (ours["tasks"] == 600).all():
-        unlike.append(f"{listing(ours['tasks'])} test tasks (paper 600)")
+    tasks = ours.loc[ours["mean"] != "", "tasks"]  # a diverged run's empty cells have none
+    theirs = _paper_runs(ours["dataset"].iloc[0])
+    lines.append("- Ours: " + ", ".join(f"{SHORT[k]} = {listing(ours[k])}" for k in theirs)
+                 + f"; {listing(tasks)} test tasks per cell; the seed of each row (best validation "
+                 "after the last step): " + ", ".join(
+                     f"{_cell_name(r, rows)}: {r['seed']}" for _, r in seeds.iterrows()) + ".")
+    unlike = [f"{SHORT[k]} = {listing(ours[k])} (paper {v})" for k, v in theirs.items()
+              if set(ours[k]) != {v}]
+    if set(tasks) != {600}:
+        unlike.append(f"{listing(tasks)} test tasks (paper 600)")
     if unlike:
         lines.append("- Unlike the paper (its Table 6): " + ", ".join(unlike) + ".")
     lines.append(f"- Full configuration: `results/tables/{name}.md`.")
@@ -183,7 +188,8 @@ def reproduction(table_csvs: list[str | Path], paper: pd.DataFrame) -> str:
         overview.append(row)
     head = ["# Reproduction: our tables beside the paper's", "",
             "Each cell of ours (mean ± 95% CI over its test tasks) beside the paper's value of the "
-            "same table, dataset, N, k, n and step (K for Table 1): `=` the two 95% intervals "
+            "same table, dataset, N, k, n and step (and K for Table 1, whose models are after 10,000 "
+            "steps): `=` the two 95% intervals "
             "overlap; `better` / `worse`: they do not, and ours is higher / lower in accuracy "
             "(lower / higher in MSE); `-`: the paper has no value for that cell. The paper gives "
             "accuracies to 2 decimals, so a difference under 0.005 is within its rounding.", "",
