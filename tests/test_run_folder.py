@@ -109,10 +109,12 @@ def test_progress_eta_and_tensorboard(tmp_path, monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == f"{run}: loading data"
     assert "first run done in" in lines[2] and "compilation included" in lines[2]
+    assert f"{run}: step 10: validation on 5 tasks (the first compiles the evaluation)" in lines
+    assert f"{run}: step 30: test on 5 tasks (the first compiles the evaluation)" in lines
     between = [m for m in lines if m.startswith(f"{run}: step 5/30 | n=1 |")]
     assert between and "s/step" in between[0] and "left" in between[0]
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "finished" and info["updated"] > 0
+    assert info["status"] == "finished" and info["updated"] > 0 and info["step_s"] > 0
 
     import tensorflow as tf
 
@@ -125,15 +127,26 @@ def test_progress_eta_and_tensorboard(tmp_path, monkeypatch, caplog):
     assert {"train/loss", "train/mse", "val/loss", "seconds_per_step"} <= set(tags)
 
 
+def test_checkpoint_steps_beyond_the_run_are_a_warning(tmp_path, caplog):
+    """A by-hand run shortened below the default checkpoint steps says it will test nothing."""
+    Learner(sine(steps=20, test_tasks=5, checkpoint_steps=[10, 500, 1000]), tmp_path).train()
+    assert "checkpoint_steps [500, 1000] lie beyond steps=20: their parameters are not kept " \
+           "nor tested" in caplog.text
+
+
 def test_eta_counts_training_validation_and_testing(tmp_path):
-    cfg = sine(steps=100, eval_every=10, val_tasks=5, test_tasks=50, checkpoint_steps=[50, 100])
+    """Only steps the run reaches count (checkpoint step 500 is beyond its 100 steps)."""
+    cfg = sine(steps=100, eval_every=10, val_tasks=5, test_tasks=50,
+               checkpoint_steps=[50, 100, 500])
     run = Learner(cfg, tmp_path)
     assert run._eta(0) is None  # nothing measured yet
-    run.clock.update(runs_s=2.0, steps=20, val_s=0.5)
-    # 80 steps at 0.1 s, 8 validations at 0.5 s, 2 tests estimated at 0.5 * 50 / 5 s
+    run.clock.update(runs_s=2.0, steps=20)
+    assert run._eta(20) == pytest.approx(8.0)  # 80 steps at 0.1 s; evaluation not yet timed
+    run.clock["task_s"] = 0.1
+    # and 8 validations of 5 tasks, 2 tests of 50, at 0.1 s a task
     assert run._eta(20) == pytest.approx(8.0 + 4.0 + 10.0)
-    run.clock["test_s"] = 1.0
-    assert run._eta(60) == pytest.approx(4.0 + 2.0 + 1.0)
+    assert run._eta(60) == pytest.approx(4.0 + 2.0 + 5.0)
+    assert run._eta(100) == 0.0
 
 
 def test_evaluator_of_the_retest_is_the_runs_own(tmp_path):

@@ -135,6 +135,10 @@ def test_quick_preset_end_to_end(tmp_path):
     assert list((flow / "logs/train_dmaml/table2").rglob("*.log"))
 
     assert "Nothing to be done" in snakemake(flow, "-n", "table2", "fig3", *config).stdout
+    done = snakemake(flow, "reproduction", *config)  # the preset's tables beside the paper's
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "paper" in (flow / "results/tables/table2.md").read_text()
+    assert (flow / "results/tables/reproduction.md").stat().st_size > 0
     jobs = planned(snakemake(flow, "-n", "table2", "fig3", *config, "--config",
                              "experiments={table2: {alpha: 0.3}}"))
     assert jobs["train_dmaml"] == 6

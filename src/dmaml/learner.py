@@ -97,9 +97,10 @@ class Learner:
         self.stop_signal: int | None = None
         self.summary = None  # TensorBoard writer, opened by train()
         # whether the first run (which compiles) is done, seconds and steps of the runs after
-        # it, seconds of the last validation and test, and when progress was last shown
-        self.clock = {"compiled": False, "runs_s": 0.0, "steps": 0, "val_s": None,
-                      "test_s": None, "shown": 0.0}
+        # it, seconds per task of an evaluation after the first of its kind (which compiles),
+        # the kinds evaluated so far, and when progress was last shown
+        self.clock = {"compiled": False, "runs_s": 0.0, "steps": 0, "task_s": None,
+                      "evaluated": set(), "shown": 0.0}
 
     # --- state -------------------------------------------------------------------------------
 
@@ -164,7 +165,9 @@ class Learner:
                 "wall_s": round(s["elapsed"], 3), "updated": round(time.time()), **self.versions,
                 **extra}
         if s["step"]:
-            info["seconds_per_step"] = s["elapsed"] / s["step"]
+            info["seconds_per_step"] = s["elapsed"] / s["step"]  # compilation included
+        if self.clock["steps"]:
+            info["step_s"] = self.clock["runs_s"] / self.clock["steps"]  # as progress shows it
         tmp = self.out / ".run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.out / "run.json")
@@ -180,6 +183,11 @@ class Learner:
         """
         cfg = self.cfg
         log.info("%s: loading data", self.out)
+        beyond = [k for k in cfg.checkpoint_steps if k > cfg.steps]
+        if beyond:
+            log.warning("%s: checkpoint_steps %s lie beyond steps=%d: their parameters are not "
+                        "kept%s; set --checkpoint_steps to steps this run reaches", self.out,
+                        beyond, cfg.steps, " nor tested" if cfg.test_tasks else "")
         validator = Evaluator(self.model, make_sampler(cfg, "val"), "val", cfg.val_tasks,
                               cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
         tester = (Evaluator(self.model, make_sampler(cfg, "test"), "test", cfg.test_tasks,
@@ -267,10 +275,22 @@ class Learner:
                                     tester)
         self.tests.write([kept[k] for k in due])
 
-    def _test(self, step: int, theta: dict, tester: Evaluator) -> dict:
+    def _evaluate(self, evaluator: Evaluator, theta: dict, step: int, kind: str):
+        """``evaluator(theta)``, timed for the estimate of the time left unless it is the first
+        of its kind (it compiles); announced first when it may take a while."""
+        first = kind not in self.clock["evaluated"]
+        if first or kind == "test":
+            log.info("%s: step %d: %s on %d tasks%s", self.out, step, kind, evaluator.count,
+                     " (the first compiles the evaluation)" if first else "")
         started = time.perf_counter()
-        score = tester(theta)
-        self.clock["test_s"] = time.perf_counter() - started
+        score = evaluator(theta)
+        if not first:
+            self.clock["task_s"] = (time.perf_counter() - started) / score.tasks
+        self.clock["evaluated"].add(kind)
+        return score
+
+    def _test(self, step: int, theta: dict, tester: Evaluator) -> dict:
+        score = self._evaluate(tester, theta, step, "test")
         log.info("%s: step %d: test %s %.4f +- %.4f over %d tasks", self.out, step,
                  self.metric_name, score.mean, score.ci95, score.tasks)
         self._scalars(step, {f"test/{self.metric_name}": score.mean})
@@ -324,17 +344,17 @@ class Learner:
             self.clock["steps"] += self.cfg.steps_per_run
 
     def _eta(self, step: int) -> float | None:
-        """Seconds left: training at the measured speed, plus the validations and tests to come
-        at the last one's duration (a test first estimated from a validation)."""
+        """Seconds left, compilation left out: training at the measured speed, plus the
+        validation and test tasks to come at the measured seconds per evaluated task."""
         cfg, c = self.cfg, self.clock
         if not c["steps"]:
             return None
         left = c["runs_s"] / c["steps"] * (cfg.steps - step)
-        later = range(step + 1, cfg.steps + 1)
-        if c["val_s"] is not None:
-            left += c["val_s"] * sum(1 for k in later if k % cfg.eval_every == 0 or k == cfg.steps)
-            test_s = c["test_s"] or c["val_s"] * cfg.test_tasks / max(cfg.val_tasks, 1)
-            left += test_s * sum(1 for k in cfg.checkpoint_steps if k > step) * bool(cfg.test_tasks)
+        if c["task_s"] is not None:
+            later = range(step + 1, cfg.steps + 1)
+            validations = sum(1 for k in later if k % cfg.eval_every == 0 or k == cfg.steps)
+            tests = sum(1 for k in cfg.checkpoint_steps if step < k <= cfg.steps)
+            left += c["task_s"] * (validations * cfg.val_tasks + tests * cfg.test_tasks)
         return left
 
     def _progress(self, s: dict, text: str) -> None:
@@ -345,7 +365,7 @@ class Learner:
                   "measuring speed")
         log.info("%s: %s | %s", self.out, text, timing)
         self.clock["shown"] = time.monotonic()
-        self._write_run_json("running", s, engine=self.cfg.engine, eta_s=eta, step_s=speed)
+        self._write_run_json("running", s, engine=self.cfg.engine, eta_s=eta)
 
     def _scalars(self, step: int, values: dict[str, float]) -> None:
         if self.summary is None:
@@ -381,9 +401,7 @@ class Learner:
     def _validate(self, s: dict, n: int, validator: Evaluator) -> None:
         cfg = self.cfg
         loss, metric, runs = s["acc"]
-        started = time.perf_counter()
-        score = validator(s["theta"])
-        self.clock["val_s"] = time.perf_counter() - started
+        score = self._evaluate(validator, s["theta"], s["step"], "validation")
         row = {"step": s["step"], "runs": s["step"] // cfg.steps_per_run, "workers": n,
                "wall_s": round(s["elapsed"], 3), "train_loss": loss / runs,
                "val_loss": score.loss, "dropped": s["dropped"]}

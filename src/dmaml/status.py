@@ -50,7 +50,7 @@ def run_status(folder: Path, now: float | None = None) -> dict[str, str]:
     last = _last_row(folder / "metrics.csv")
     val = (f"acc {float(last['val_acc']):.3f}" if last.get("val_acc") else
            f"mse {float(last['val_loss']):.4f}" if last.get("val_loss") else "")
-    speed = info.get("step_s") or info.get("seconds_per_step")
+    speed = info.get("step_s") or info.get("seconds_per_step")  # training alone, as progress
     left = info.get("eta_s") if status == "running" else None
     step = f"{info.get('step', 0)}/{info.get('steps', '?')}"
     return {"run": str(folder), "status": status, "step": step, "val": val,
@@ -83,7 +83,8 @@ def table(rows: list[dict[str, str]], base: Path | None = None) -> str:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    lines.append(f"{len(rows)} run{'s' if len(rows) != 1 else ''}: "
+                 + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return "\n".join(lines)
 
 
