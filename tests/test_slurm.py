@@ -151,7 +151,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(grid):
     out = grid["slurm_out"]
     assert f"SLURM-job '{grid['cancelled']}' failed, SLURM status is: 'CANCELLED'" in out
     log = grid["slurm"] / f"logs/train_dmaml/{CANCELLED}.log"
-    resumed = re.search(r"resuming \S+ from step (\d+)", log.read_text())
+    resumed = re.search(r": resuming from step (\d+)", log.read_text())
     assert resumed, "the retried job did not resume from the checkpoint"
     assert 0 < int(resumed[1]) < STEPS
     slurm, local = (grid[k] / "results/runs" / CANCELLED for k in ("slurm", "local"))

@@ -96,6 +96,7 @@ class Learner:
         self.tests = CsvLog(self.out / "test.csv", ["step", "metric", "mean", "ci95", "tasks"])
         self.stop_signal: int | None = None
         self.summary = None  # TensorBoard writer, opened by train()
+        self.resumed = False  # whether train() found a checkpoint to resume from
         # whether the first run (which compiles) is done, seconds and steps of the runs after
         # it, seconds per task of an evaluation after the first of its kind (which compiles),
         # the kinds evaluated so far, and when progress was last shown
@@ -199,9 +200,10 @@ class Learner:
         s = None
         try:
             s = self._open_folder(tester)
-            if s["step"] < cfg.steps:
-                log.info("%s: %s at step %d of %d; the first run compiles the MAML step",
-                         self.out, "resuming" if s["step"] else "starting", s["step"], cfg.steps)
+            log.info("%s: %s from step %d of %d%s", self.out,
+                     "resuming" if self.resumed else "starting", s["step"], cfg.steps,
+                     "; the first run compiles the MAML step" if s["step"] < cfg.steps else
+                     ": nothing left to train")
             while s["step"] < cfg.steps:
                 if self.stop_signal is not None:
                     self._save_latest(s)
@@ -237,6 +239,7 @@ class Learner:
                                   "choose a writable --out") from None
         s = self._resume_state()
         resume = None if s is None else s["step"]
+        self.resumed = s is not None
         s = s or self._fresh_state()
         if resume is not None and resume > cfg.steps:
             raise CheckpointError(f"{self.out}: the run is at step {resume}, beyond steps="
