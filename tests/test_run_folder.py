@@ -115,6 +115,7 @@ def test_progress_eta_and_tensorboard(tmp_path, monkeypatch, caplog):
     assert between and "s/step" in between[0] and "left" in between[0]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["updated"] > 0 and info["step_s"] > 0
+    assert info["engine"] == "vectorized" and info["cores"] >= 1 and info["cpu"]  # for wall_s
 
     import tensorflow as tf
 

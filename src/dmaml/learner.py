@@ -253,8 +253,8 @@ class Learner:
         if resume:
             self._retest(resume, tester)
         dump(cfg, self.out / "config.yaml")  # after test.csv agrees with it
-        self.versions = provenance.versions()
-        self._write_run_json("running", s, engine=cfg.engine)
+        self.versions = {**provenance.versions(), **provenance.machine(), "engine": cfg.engine}
+        self._write_run_json("running", s)
         return s
 
     def _retest(self, resume: int, tester: Evaluator | None) -> None:
@@ -368,7 +368,7 @@ class Learner:
                   "measuring speed")
         log.info("%s: %s | %s", self.out, text, timing)
         self.clock["shown"] = time.monotonic()
-        self._write_run_json("running", s, engine=self.cfg.engine, eta_s=eta)
+        self._write_run_json("running", s, eta_s=eta)
 
     def _scalars(self, step: int, values: dict[str, float]) -> None:
         if self.summary is None:

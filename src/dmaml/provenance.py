@@ -1,7 +1,9 @@
-"""What made a result: package, git commit and library versions, recorded in every run folder."""
+"""What made a result: package, git commit and library versions, and the machine it ran on,
+recorded in every run folder."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -30,3 +32,20 @@ def versions() -> dict[str, str]:
     return {"dmaml": dmaml.__version__, "git": git_commit(), "tensorflow": tensorflow.__version__,
             "numpy": numpy.__version__, "python": platform.python_version(),
             "host": platform.node()}
+
+
+def machine() -> dict[str, str | int]:
+    """The processor, the cores this process may use and TensorFlow's intra-op threads (0: its
+    own choice), so that a run's wall-clock times can be read."""
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores,
+            "threads": tf.config.threading.get_intra_op_parallelism_threads()}
