@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -151,3 +152,68 @@ def test_figure3_says_what_lines_and_bands_are(runs):
     trends = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert trends and max(t.get_linewidth() for t in trends) < min(d.get_linewidth() for d in data)
     plt.close(fig)
+
+
+@pytest.fixture
+def timed(runs, tmp_path):
+    """Copies of the runs with known times: step_s 0.1 and 0.3 (seeds 0, 1), n = 2 on engine
+    processes, and wall_s of metrics.csv 10 s a validation for seed 0, 20 s for seed 1."""
+    copies = []
+    for d in runs:
+        copy = tmp_path / "runs" / d.name
+        shutil.copytree(d, copy, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+        seed = int(d.name[-1])
+        info = json.loads((copy / "run.json").read_text())
+        info.update(engine="processes" if d.name.startswith("n2") else "vectorized",
+                    cpu="Test CPU 3000", cores=2, threads=0, step_s=0.1 + 0.2 * seed,
+                    seconds_per_step=0.5 + seed)
+        (copy / "run.json").write_text(json.dumps(info))
+        m = pd.read_csv(copy / "metrics.csv")
+        m["wall_s"] = (1 + seed) * 10.0 * (m.index + 1)
+        m.to_csv(copy / "metrics.csv", index=False)
+        copies.append(copy)
+    return copies
+
+
+def test_wall_clock_figures_name_the_machine_and_the_seconds(timed, tmp_path):
+    for kind in ("workers_wall", "tasks_wall"):
+        assert main(["figure", kind, *map(str, timed), "--out", str(tmp_path / kind)]) == 0
+        for suffix in (".png", ".pdf", ".txt", ".csv", ".md"):
+            assert (tmp_path / kind).with_suffix(suffix).stat().st_size > 0
+        caption = (tmp_path / kind).with_suffix(".txt").read_text()
+        assert "engine processes, vectorized on Test CPU 3000, 2 cores" in caption
+        assert "TensorFlow intra-op threads 0 (0: TensorFlow's choice)" in caption
+        assert "compilation" in caption and "validation excluded" in caption
+    table = pd.read_csv(tmp_path / "workers_wall.csv")
+    assert list(table.columns) == [
+        "dataset", "ways", "shots", "workers", "steps_per_run", "tasks_per_step", "engine", "cpu",
+        "cores", "threads", "seeds", "step_s", "step_s_std", "seconds_per_step", "wall_s"]
+    assert list(table["workers"]) == [1, 2] and list(table["engine"]) == ["vectorized", "processes"]
+    assert list(table["seeds"]) == ["0, 1"] * 2 and set(table["cores"]) == {2}
+    assert table["step_s"].tolist() == pytest.approx([0.2, 0.2])  # mean of 0.1 and 0.3
+    assert table["step_s_std"].tolist() == pytest.approx([0.1, 0.1])  # ddof 0, as the bands
+    assert table["seconds_per_step"].tolist() == pytest.approx([1.0, 1.0])
+    walls = [json.loads((d / "run.json").read_text())["wall_s"] for d in timed if d.name[1] == "1"]
+    assert table["wall_s"].iloc[0] == pytest.approx(sum(walls) / 2, rel=5e-3)  # 3 digits
+    md = (tmp_path / "workers_wall.md").read_text()
+    assert "| sine | 1 | 10 | 1 | 1 | 10 | vectorized | Test CPU 3000 | 2 | 0 | 0, 1 | 0.2 |" in md
+    assert "compilation" in md
+
+
+def test_wall_clock_curves_are_at_the_mean_seconds_over_seeds(timed):
+    fig, ax = plt.subplots()
+    frame = tables.load_runs(timed)
+    figures.plot_curves(ax, frame, ["workers"], lambda v: f"n = {v[0]}", x="wall")
+    line = next(line for line in ax.get_lines() if line.get_label().startswith("n = 1"))
+    steps = len(pd.read_csv(timed[0] / "metrics.csv"))
+    assert list(line.get_xdata()) == pytest.approx([15.0 * (i + 1) for i in range(steps)])
+    assert ax.get_xscale() == "log" and "seconds" in ax.get_xlabel()
+    figures.settings_note(fig, frame, figures.machine_text(frame))
+    assert "engine processes, vectorized" in fig.texts[0].get_text()
+    plt.close(fig)
+
+
+def test_runs_without_timing_say_so(runs, tmp_path):
+    """Runs made before run.json recorded the machine: the caption says what is missing."""
+    frame = tables.load_runs(runs).assign(engine=None, cpu=None, cores=None, threads=None)
+    assert figures.machine_text(frame).startswith("machine not recorded (runs made before")

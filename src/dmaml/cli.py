@@ -247,7 +247,8 @@ def _write_text(path: Path, text: str) -> None:
 
 TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("K", "shots_table")}
 FIGURES = {"workers": "workers_figure", "steps_per_run": "steps_per_run_figure",
-           "tasks": "tasks_figure", "split": "split_figure", "extrapolation": "extrapolation_figure"}
+           "tasks": "tasks_figure", "split": "split_figure", "extrapolation": "extrapolation_figure",
+           "workers_wall": "workers_wall_figure", "tasks_wall": "tasks_wall_figure"}
 
 
 def cmd_table(args: argparse.Namespace) -> int:

@@ -20,10 +20,13 @@ SETTINGS = ["dataset", "ways", "shots", "queries", "workers", "steps_per_run", "
 IDENTITY = ["dataset", "ways", "shots", "workers", "steps_per_run", "tasks_per_step"]
 # the paper's symbols for them
 SHORT = {"workers": "n", "shots": "k", "ways": "N", "steps_per_run": "m", "tasks_per_step": "t"}
+# what run.json records of a run's machine and time (absent from runs made before it did)
+TIMING = ["engine", "cpu", "cores", "threads", "step_s", "seconds_per_step", "wall_s"]
 
 
 def load_runs(runs: list[str | Path]) -> pd.DataFrame:
-    """One row per run folder: its settings, its path and its status (from run.json)."""
+    """One row per run folder: its settings, its path, its status and :data:`TIMING` (from
+    run.json)."""
     rows = []
     for run in map(Path, runs):
         cfg_file = run / "config.yaml"
@@ -33,7 +36,7 @@ def load_runs(runs: list[str | Path]) -> pd.DataFrame:
         info_file = run / "run.json"
         info = (yaml.safe_load(info_file.read_text()) or {}) if info_file.exists() else {}
         rows.append({**{k: cfg.get(k) for k in SETTINGS}, "run": str(run),
-                     "status": info.get("status", "unknown"),
+                     "status": info.get("status", "unknown"), **{k: info.get(k) for k in TIMING},
                      "code": f"dmaml {info.get('dmaml', '?')} (git {info.get('git', '?')})"})
     if not rows:
         raise ReportError("no run folders given")

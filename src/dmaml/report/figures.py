@@ -4,6 +4,10 @@ Every figure is written as PNG and PDF with a caption side file (``.txt``) that 
 configuration, the seeds and the number of validation tasks behind each curve. The figure itself
 says what its lines and bands are (legend) and which setting and tasks made it (a note below), so
 that it reads without the caption.
+
+The ``_wall`` companions (of Figures 3 and 5) plot the same runs against the seconds they took,
+as measured (``wall_s`` of ``metrics.csv``), and come with a table of the seconds per MAML step
+(``.csv`` and ``.md``) by setting and machine (from ``run.json``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from dmaml.report import IDENTITY, SHORT, ReportError, describe, listing, load_runs, metrics  # noqa: E402
+from dmaml.report.tables import config_columns  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 120, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
+
+# the machine a run's seconds were measured on (run.json)
+MACHINE = ["engine", "cpu", "cores", "threads"]
+NOT_RECORDED = "not recorded"
+SECONDS = "seconds: training with the first run's compilation, validation excluded (metrics.csv wall_s)"
+X_LABELS = {"step": "MAML steps of the central model",
+            "tasks": "tasks processed per worker (steps x t)",
+            "wall": "seconds of training, measured (mean over seeds)"}
 
 
 def palette(count: int) -> list:
@@ -41,33 +55,48 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
                 x: str = "step", max_step: int | None = None, trend: bool = False) -> str:
     """One line per value of ``keys`` (mean over seeds) with a +-1 std band; returns the y label.
 
-    ``x`` is ``"step"`` (MAML steps of the central model) or ``"tasks"`` (tasks processed by one
-    worker: steps x t, proportional to wall-clock time when tasks are computed one by one). With
-    ``trend``, a thin dashed cubic fitted to each mean shows its shape under the noise. The legend
-    names each line and, in grey, what lines, bands and dashes are.
+    ``x`` is ``"step"`` (MAML steps of the central model), ``"tasks"`` (tasks processed by one
+    worker: steps x t, proportional to wall-clock time when tasks are computed one by one) or
+    ``"wall"`` (the measured seconds of training, on a log axis: each validation is placed at the
+    mean over seeds of the seconds its runs took to reach it). With ``trend``, a thin dashed
+    cubic fitted to each mean shows its shape under the noise. The legend names each line and, in
+    grey, what lines, bands and dashes are.
     """
     ylabel = ""
     colors = palette(runs.groupby(keys).ngroups)
     for color, (value, group) in zip(colors, runs.groupby(keys, sort=True)):
-        curves = []
+        scores, seconds = [], []
         for run in group["run"]:
             m = metrics(run)
             column, ylabel = _score_column(m)
+            if x == "wall" and "wall_s" not in m:
+                raise ReportError(f"{run}/metrics.csv: no wall_s column; train the run again "
+                                  "with this version to measure its seconds")
             if max_step is not None:
                 m = m[m["step"] <= max_step]
-            curves.append(m.set_index("step")[column])
-        table = pd.concat(curves, axis=1).sort_index()
+            m = m.set_index("step")
+            scores.append(m[column])
+            if x == "wall":
+                seconds.append(m["wall_s"])
+        table = pd.concat(scores, axis=1).sort_index()
         mean, std = table.mean(axis=1), table.std(axis=1, ddof=0)
-        xs = table.index.to_numpy() * (group["tasks_per_step"].iloc[0] if x == "tasks" else 1)
-        seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+        if x == "wall":
+            xs = pd.concat(seconds, axis=1).sort_index().mean(axis=1).to_numpy()
+        else:
+            xs = table.index.to_numpy() * (group["tasks_per_step"].iloc[0] if x == "tasks" else 1)
+        seeds = f"{len(scores)} seed{'s' if len(scores) > 1 else ''}"
         name = f"{label(value if isinstance(value, tuple) else (value,))} ({seeds})"
         ax.plot(xs, mean, color=color, lw=1.8, label=name)
         ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
         if trend and len(xs) > 3:
             coeffs = np.polyfit(xs, mean, 3)
             ax.plot(xs, np.polyval(coeffs, xs), color=color, lw=1, ls="--", alpha=0.9)
-    ax.set_xlabel("MAML steps of the central model" if x == "step"
-                  else "tasks processed per worker (steps x t)")
+    if x == "wall":
+        ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, 30, 50 s rather than 2 x 10^1
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+    ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(ylabel)
     key = [Line2D([], [], color="grey", lw=1.8, label="solid: mean over seeds"),
            Patch(color="grey", alpha=0.15, label="band: ±1 std over seeds")]
@@ -78,6 +107,13 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
     return ylabel
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary name, so that a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save(fig, out: Path, caption: str) -> None:
     """Write ``out`` as .png and .pdf plus the caption as .txt, each atomically."""
     out = Path(out).with_suffix("")
@@ -86,9 +122,7 @@ def save(fig, out: Path, caption: str) -> None:
         tmp = out.with_name(f".{out.name}.tmp{suffix}")
         fig.savefig(tmp, bbox_inches="tight")
         os.replace(tmp, out.with_suffix(suffix))
-    tmp = out.with_name(f".{out.name}.tmp.txt")
-    tmp.write_text(caption + "\n")
-    os.replace(tmp, out.with_suffix(".txt"))
+    _write_text(out.with_suffix(".txt"), caption + "\n")
     plt.close(fig)
 
 
@@ -98,6 +132,11 @@ def _caption(title: str, runs: pd.DataFrame, what: str) -> str:
             f"Configuration: {describe(runs)}.")
 
 
+def _points(runs: pd.DataFrame) -> str:
+    return (f"seeds {listing(runs['seed'])}; each point: validation on "
+            f"{listing(runs['val_tasks'])} fixed tasks")
+
+
 def settings_note(fig, runs: pd.DataFrame, detail: str | None = None) -> None:
     """Below the axes, in small type: the settings shared by every curve and ``detail`` (by
     default the seeds and validation tasks of each point), so that the figure reads without its
@@ -105,8 +144,7 @@ def settings_note(fig, runs: pd.DataFrame, detail: str | None = None) -> None:
     fixed = [f"{SHORT.get(k, k)} = {runs[k].iloc[0]}" for k in IDENTITY if runs[k].nunique() == 1
              and k != "dataset"]
     if detail is None:
-        detail = (f"seeds {listing(runs['seed'])}; each point: validation on "
-                  f"{listing(runs['val_tasks'])} fixed tasks")
+        detail = _points(runs)
     fig.text(0.01, 0, f"{listing(runs['dataset'])}: {', '.join(fixed)}; {detail}", fontsize=7,
              va="top")
 
@@ -131,6 +169,72 @@ def workers_figure(run_dirs, out: Path, max_step: int = 1000) -> None:
                max_step=max_step, trend=True)
 
 
+def workers_wall_figure(run_dirs, out: Path) -> None:
+    """Figure 3 against the measured seconds of training (whole runs), and the seconds per step."""
+    runs = load_runs(run_dirs)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_curves(ax, runs, ["workers"], lambda v: f"n = {v[0]}", x="wall")
+    ax.set_title("DMAML: validation against measured seconds, by number of workers n")
+    _save_wall(fig, runs, out, "Figure 3", "validation score for each number of workers n over "
+               "whole runs", "x: seconds of training (log scale).")
+
+
+def machine_text(runs: pd.DataFrame) -> str:
+    """The engine(s), processor(s), cores and TensorFlow threads of ``runs`` (from run.json)."""
+    if runs[MACHINE].isna().all().all():
+        return ("machine not recorded (runs made before run.json recorded engine, cpu, cores and "
+                "threads)")
+    engine, cpu, cores, threads = (listing(runs[k].fillna(NOT_RECORDED).astype(str))
+                                   for k in MACHINE)
+    choice = " (0: TensorFlow's choice)" if (runs["threads"] == 0).any() else ""
+    return f"engine {engine} on {cpu}, {cores} cores, TensorFlow intra-op threads {threads}{choice}"
+
+
+def seconds_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per MAML step by setting and machine: one row per setting (the table columns of
+    :func:`~dmaml.report.tables.config_columns`) and engine, cpu, cores and threads, with the
+    seeds, ``step_s`` (seconds per step after the first, compiling run: mean and std over seeds),
+    ``seconds_per_step`` (wall_s / steps, compilation included) and ``wall_s`` (seconds of
+    training), means over seeds."""
+    keys = [*config_columns(runs), *MACHINE]
+    # as text, so that runs without a record group (and sort) beside those with one
+    frame = runs.assign(**{k: runs[k].fillna(NOT_RECORDED).astype(str) for k in MACHINE})
+    rows = [{**dict(zip(keys, values)), "seeds": listing(group["seed"]),
+             "step_s": group["step_s"].mean(), "step_s_std": group["step_s"].std(ddof=0),
+             "seconds_per_step": group["seconds_per_step"].mean(),
+             "wall_s": group["wall_s"].mean()}
+            for values, group in frame.groupby(keys, sort=True)]
+    return pd.DataFrame(rows).map(lambda v: float(f"{v:.3g}") if isinstance(v, float) else v)
+
+
+SECONDS_NOTE = ("step_s: seconds per MAML step after the first run (which compiles the step), "
+                "mean and std over seeds; seconds_per_step: wall_s / steps, the compilation "
+                "included; wall_s: seconds of training runs, validation excluded; means over seeds.")
+
+
+def seconds_markdown(table: pd.DataFrame, title: str) -> str:
+    """The seconds table in Markdown, with what its columns are."""
+    lines = [f"**{title}**", "", "| " + " | ".join(table.columns) + " |",
+             "|" + "---|" * len(table.columns)]
+    cells = table.astype(object).where(table.notna(), "—")  # a value the runs did not record
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join([*lines, "", SECONDS_NOTE]) + "\n"
+
+
+def _save_wall(fig, runs: pd.DataFrame, out: Path, figure: str, subject: str, what: str) -> None:
+    """A figure against measured seconds: the note and caption name the machine and what the
+    seconds are, and the seconds table is written beside it (.csv, .md)."""
+    machine = machine_text(runs)
+    settings_note(fig, runs, f"{_points(runs)}\n{machine}\n{SECONDS}")
+    save(fig, out, _caption(f"{figure} against measured seconds: {subject}", runs,
+                            f"{what} Seconds measured with {machine}; {SECONDS}; each validation "
+                            "at the mean over seeds of its seconds."))
+    table = seconds_table(runs)
+    out = Path(out).with_suffix("")
+    _write_text(out.with_suffix(".csv"), table.to_csv(index=False))
+    _write_text(out.with_suffix(".md"), seconds_markdown(table, f"Seconds per MAML step of {figure}'s runs"))
+
+
 def steps_per_run_figure(run_dirs, out: Path) -> None:
     """Figure 4: validation score vs MAML steps for each m (consecutive steps per run)."""
     _one_panel(run_dirs, out, ["workers", "steps_per_run"], lambda v: f"n = {v[0]}, m = {v[1]}",
@@ -138,22 +242,34 @@ def steps_per_run_figure(run_dirs, out: Path) -> None:
                "Figure 4: validation score for m consecutive MAML steps per run")
 
 
-def tasks_figure(run_dirs, out: Path) -> None:
-    """Figure 5: tasks per MAML step t; x = MAML steps (left) or tasks processed (right); rows:
-    mean of task gradients with fixed beta, sum with beta proportional to t."""
+def tasks_figure(run_dirs, out: Path, wall: bool = False) -> None:
+    """Figure 5: tasks per MAML step t; x = MAML steps (left) or tasks processed (middle or
+    right), and with ``wall`` the measured seconds (right); rows: mean of task gradients with
+    fixed beta, sum with beta proportional to t."""
     runs = load_runs(run_dirs)
     rows = sorted(set(runs["outer_reduction"]))
-    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4.2 * len(rows)), squeeze=False)
+    xs = ("step", "tasks", "wall") if wall else ("step", "tasks")
+    fig, axes = plt.subplots(len(rows), len(xs), figsize=(6 * len(xs), 4.2 * len(rows)),
+                             squeeze=False)
     for r, reduction in enumerate(rows):
         part = runs[runs["outer_reduction"] == reduction]
-        for c, x in enumerate(("step", "tasks")):
+        for c, x in enumerate(xs):
             plot_curves(axes[r, c], part, ["tasks_per_step"], lambda v: f"t = {v[0]}", x=x)
             betas = ", ".join(f"{b:g}" for b in sorted(set(part["beta"])))
             axes[r, c].set_title(f"{reduction} of task gradients, beta = {betas}")
-    settings_note(fig, runs)
-    save(fig, out, _caption("Figure 5: tasks per MAML step t", runs,
-                            "Left: perfect parallelisation of tasks (x = MAML steps); right: perfect "
-                            "serialisation (x = tasks processed)."))
+    what = ("Left: perfect parallelisation of tasks (x = MAML steps); "
+            + ("middle: perfect serialisation (x = tasks processed); right: the seconds measured."
+               if wall else "right: perfect serialisation (x = tasks processed)."))
+    if wall:
+        _save_wall(fig, runs, out, "Figure 5", "tasks per MAML step t", what)
+    else:
+        settings_note(fig, runs)
+        save(fig, out, _caption("Figure 5: tasks per MAML step t", runs, what))
+
+
+def tasks_wall_figure(run_dirs, out: Path) -> None:
+    """Figure 5 with a third column against the measured seconds, and the seconds per step."""
+    tasks_figure(run_dirs, out, wall=True)
 
 
 def split_figure(run_dirs, out: Path) -> None:
