@@ -21,6 +21,9 @@ include: "workflow/rules/report.smk"
 
 TABLES = [f"results/tables/table{i}.{ext}" for i in range(1, 6) for ext in ("csv", "md")]
 FIGURES = [f"results/figures/fig{i}.{ext}" for i in range(2, 7) for ext in ("png", "pdf")]
+# Figures 3 and 5 against measured seconds, with the seconds per MAML step (their runs, no others)
+WALL = {f: [f"results/figures/{f}_wall.{e}" for e in ("png", "pdf", "csv", "md")] for f in ("fig3", "fig5")}
+FIGURES += [path for paths in WALL.values() for path in paths]
 
 
 rule all:
@@ -90,6 +93,12 @@ rule fig3:
         "results/figures/fig3.pdf",
 
 
+rule fig3_wall:
+    """Figure 3 against measured seconds, and the seconds per MAML step by n."""
+    input:
+        WALL["fig3"],
+
+
 rule fig4:
     input:
         "results/figures/fig4.png",
@@ -100,6 +109,12 @@ rule fig5:
     input:
         "results/figures/fig5.png",
         "results/figures/fig5.pdf",
+
+
+rule fig5_wall:
+    """Figure 5 against MAML steps, tasks and measured seconds, and the seconds per MAML step by t."""
+    input:
+        WALL["fig5"],
 
 
 rule fig6:

@@ -73,7 +73,7 @@ def test_table2_plans_the_paper_grid(workflow):
 
 @pytest.mark.parametrize("target, trainings", [
     ("table1", 4), ("table3", 18), ("table4", 18), ("fig2", 4), ("fig3", 18), ("fig4", 12),
-    ("fig5", 42), ("fig6", 18), ("figures", 94)])
+    ("fig5", 42), ("fig6", 18), ("figures", 94), ("fig3_wall", 18), ("fig5_wall", 42)])
 def test_every_target_plans(workflow, target, trainings):
     assert planned(snakemake(workflow, "-n", target))["train_dmaml"] == trainings
 

@@ -112,6 +112,38 @@ rule plot_figure:
         "--out {output.png:q} > {log} 2>&1"
 
 
+rule plot_wall_figure:
+    """Figures 3 and 5 against the measured seconds of their runs, and the seconds per MAML step."""
+    input:
+        runs=lambda wildcards: [f"{d}/run.json" for d in run_dirs(wildcards.figure)],
+        code=REPORT_CODE,
+    output:
+        png=report(
+            "results/figures/{figure}_wall.png",
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
+        pdf="results/figures/{figure}_wall.pdf",
+        txt="results/figures/{figure}_wall.txt",
+        csv=report(
+            "results/figures/{figure}_wall.csv",
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
+        md="results/figures/{figure}_wall.md",
+    log:
+        "logs/plot_figure/{figure}_wall.log",
+    wildcard_constraints:
+        figure="fig[35]",
+    conda:
+        "../../envs/dmaml.yaml"
+    params:
+        runs=lambda wildcards, input: [str(Path(r).parent) for r in input.runs],
+        kind=lambda wildcards: f"{FIGURE_KINDS[wildcards.figure]}_wall",
+    shell:
+        "python -m dmaml.cli figure {params.kind} {params.runs:q} --out {output.png:q} > {log} 2>&1"
+
+
 rule plot_extrapolation:
     """Figure 2: sine models of each n adapted on the left half of a task."""
     input:

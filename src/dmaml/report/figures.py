@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from dmaml.report import IDENTITY, SHORT, ReportError, describe, listing, load_runs, metrics  # noqa: E402
 from dmaml.report.tables import config_columns  # noqa: E402
@@ -93,9 +93,9 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
             ax.plot(xs, np.polyval(coeffs, xs), color=color, lw=1, ls="--", alpha=0.9)
     if x == "wall":
         ax.set_xscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, 30, 50 s rather than 2 x 10^1
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
+        # seconds as 20, 50, 100 rather than 2 x 10^1; between decades over up to 3 of them
+        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(3, 1)))
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(ylabel)
     key = [Line2D([], [], color="grey", lw=1.8, label="solid: mean over seeds"),
@@ -257,6 +257,7 @@ def tasks_figure(run_dirs, out: Path, wall: bool = False) -> None:
             plot_curves(axes[r, c], part, ["tasks_per_step"], lambda v: f"t = {v[0]}", x=x)
             betas = ", ".join(f"{b:g}" for b in sorted(set(part["beta"])))
             axes[r, c].set_title(f"{reduction} of task gradients, beta = {betas}")
+    fig.tight_layout()  # row titles clear of the tick labels above them
     what = ("Left: perfect parallelisation of tasks (x = MAML steps); "
             + ("middle: perfect serialisation (x = tasks processed); right: the seconds measured."
                if wall else "right: perfect serialisation (x = tasks processed)."))
