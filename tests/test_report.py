@@ -217,3 +217,11 @@ def test_runs_without_timing_say_so(runs, tmp_path):
     """Runs made before run.json recorded the machine: the caption says what is missing."""
     frame = tables.load_runs(runs).assign(engine=None, cpu=None, cores=None, threads=None)
     assert figures.machine_text(frame).startswith("machine not recorded (runs made before")
+
+
+def test_metrics_without_seconds_is_a_clear_error(timed, tmp_path, caplog):
+    m = pd.read_csv(timed[0] / "metrics.csv")
+    m.drop(columns="wall_s").to_csv(timed[0] / "metrics.csv", index=False)
+    assert main(["figure", "workers_wall", *map(str, timed), "--out", str(tmp_path / "f")]) == 2
+    assert f"{timed[0]}/metrics.csv: no wall_s column" in caplog.text
+    assert not (tmp_path / "f.png").exists()
