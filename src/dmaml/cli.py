@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     figure = sub.add_parser("figure", help="make one of the paper's figures from run folders",
                             description="workers: Figure 3; steps_per_run: Figure 4; tasks: "
-                                        "Figure 5; split: Figure 6 (inputs: run folders); "
+                                        "Figure 5; split: Figure 6; workers_wall, tasks_wall: "
+                                        "Figures 3 and 5 against measured seconds, with a table "
+                                        "of seconds per step (.csv, .md) (inputs: run folders); "
                                         "extrapolation: Figure 2 (inputs: `dmaml evaluate "
                                         "--extrapolate` CSVs). Writes OUT as .png, .pdf and .txt."
                                         + _spelling("--max-step", "--max_step"))
