@@ -96,7 +96,6 @@ class Learner:
         self.tests = CsvLog(self.out / "test.csv", ["step", "metric", "mean", "ci95", "tasks"])
         self.stop_signal: int | None = None
         self.summary = None  # TensorBoard writer, opened by train()
-        self.resumed = False  # whether train() found a checkpoint to resume from
         # whether the first run (which compiles) is done, seconds and steps of the runs after
         # it, seconds per task of an evaluation after the first of its kind (which compiles),
         # the kinds evaluated so far, and when progress was last shown
@@ -167,8 +166,8 @@ class Learner:
                 **extra}
         if s["step"]:
             info["seconds_per_step"] = s["elapsed"] / s["step"]  # compilation included
-        if self.clock["steps"]:
-            info["step_s"] = self.clock["runs_s"] / self.clock["steps"]  # as progress shows it
+        if self._step_s() is not None:
+            info["step_s"] = self._step_s()  # as progress shows it
         tmp = self.out / ".run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.out / "run.json")
@@ -200,10 +199,6 @@ class Learner:
         s = None
         try:
             s = self._open_folder(tester)
-            log.info("%s: %s from step %d of %d%s", self.out,
-                     "resuming" if self.resumed else "starting", s["step"], cfg.steps,
-                     "; the first run compiles the MAML step" if s["step"] < cfg.steps else
-                     ": nothing left to train")
             while s["step"] < cfg.steps:
                 if self.stop_signal is not None:
                     self._save_latest(s)
@@ -239,7 +234,6 @@ class Learner:
                                   "choose a writable --out") from None
         s = self._resume_state()
         resume = None if s is None else s["step"]
-        self.resumed = s is not None
         s = s or self._fresh_state()
         if resume is not None and resume > cfg.steps:
             raise CheckpointError(f"{self.out}: the run is at step {resume}, beyond steps="
@@ -255,6 +249,10 @@ class Learner:
         dump(cfg, self.out / "config.yaml")  # after test.csv agrees with it
         self.versions = {**provenance.versions(), **provenance.machine(), "engine": cfg.engine}
         self._write_run_json("running", s)
+        log.info("%s: %s from step %d of %d%s", self.out,
+                 "starting" if resume is None else "resuming", s["step"], cfg.steps,
+                 "; the first run compiles the MAML step" if s["step"] < cfg.steps else
+                 ": nothing left to train")
         return s
 
     def _retest(self, resume: int, tester: Evaluator | None) -> None:
@@ -346,13 +344,18 @@ class Learner:
             self.clock["runs_s"] += seconds
             self.clock["steps"] += self.cfg.steps_per_run
 
+    def _step_s(self) -> float | None:
+        """Seconds a MAML step of training, from the runs after the first (None before)."""
+        c = self.clock
+        return c["runs_s"] / c["steps"] if c["steps"] else None
+
     def _eta(self, step: int) -> float | None:
         """Seconds left, compilation left out: training at the measured speed, plus the
         validation and test tasks to come at the measured seconds per evaluated task."""
-        cfg, c = self.cfg, self.clock
-        if not c["steps"]:
+        cfg, c, speed = self.cfg, self.clock, self._step_s()
+        if speed is None:
             return None
-        left = c["runs_s"] / c["steps"] * (cfg.steps - step)
+        left = speed * (cfg.steps - step)
         if c["task_s"] is not None:
             later = range(step + 1, cfg.steps + 1)
             validations = sum(1 for k in later if k % cfg.eval_every == 0 or k == cfg.steps)
@@ -363,8 +366,7 @@ class Learner:
     def _progress(self, s: dict, text: str) -> None:
         """A progress line with speed and time left; the same numbers into run.json."""
         eta = self._eta(s["step"])
-        speed = self.clock["runs_s"] / self.clock["steps"] if self.clock["steps"] else None
-        timing = (f"{speed:.3f} s/step, {duration(eta)} left" if eta is not None else
+        timing = (f"{self._step_s():.3f} s/step, {duration(eta)} left" if eta is not None else
                   "measuring speed")
         log.info("%s: %s | %s", self.out, text, timing)
         self.clock["shown"] = time.monotonic()

@@ -136,9 +136,8 @@ def log_and_show(levels):
     """The end of a shell command (for an f-string rule command) that writes its output to
     {log} and shows dmaml's own lines of these levels, e.g. "INFO|WARNING|ERROR", on the
     terminal as they come."""
-    return (
-        f"2>&1 | tee {{log}} | {{{{ grep -E --line-buffered '^[0-9:]{{{{8}}}} ({levels}) ' " ">&2 || true; }}"
-    )
+    pattern = f"^[0-9:]{{{{8}}}} ({levels}) "
+    return f"2>&1 | tee {{log}} | {{{{ grep -E --line-buffered '{pattern}' >&2 || true; }}}}"
 
 
 wildcard_constraints:
