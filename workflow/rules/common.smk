@@ -1,4 +1,3 @@
-import itertools
 import json
 import shlex
 from pathlib import Path
@@ -7,7 +6,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from dmaml.config import DATASET_DEFAULTS, FIELDS as RUN_FIELDS, RunConfig, resolve
+from dmaml import grid
 from dmaml.errors import ConfigError
 
 # keys whose values are text: never read as YAML ("Table 2: ..." would become a mapping)
@@ -87,30 +86,17 @@ def miniimagenet_aggregate(wildcards):
 
 RUN_ID = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/seed{seed}"
 RUN = f"results/runs/{RUN_ID}"
-# experiment key -> wildcard of RUN
-GRID = {
-    "dataset": "dataset",
-    "ways": "ways",
-    "shots": "shots",
-    "workers": "workers",
-    "steps_per_run": "m",
-    "tasks_per_step": "t",
-    "merge": "merge",
-    "outer_reduction": "reduction",
-    "seeds": "seed",
-}
-INTEGER_GRID_KEYS = {"ways", "shots", "workers", "steps_per_run", "tasks_per_step", "seeds"}
-# experiment keys that shape the grid or the report, not a training run
-REPORT_KEYS = {"from", "splits", "test_shots", "max_step", "sum_beta_per_task", "title"}
 FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split"}
 SRC = Path(workflow.basedir, "src", "dmaml")
 # Modules that cannot change a run's numbers, so editing them re-runs no training: the command
-# line, benchmarks, run monitoring, provenance and error texts, data preparation (its output, the
-# HDF5 file, is an input of its own) and the report. Any other module (a new one too) is an input
-# of every training job.
+# line, benchmarks and the plan, the grid expansion (a run's settings reach it as flags), run
+# monitoring, provenance and error texts, data preparation (its output, the HDF5 file, is an input
+# of its own) and the report. Any other module (a new one too) is an input of every training job.
 NOT_TRAINING_CODE = {
     "cli.py",
     "bench.py",
+    "grid.py",
+    "plan.py",
     "status.py",
     "provenance.py",
     "errors.py",
@@ -154,31 +140,13 @@ wildcard_constraints:
 
 
 def settings(name):
-    """An experiment's settings: the dataset's Table 6 values, the `train:` defaults, then its
-    own (an experiment with `from:` reuses the runs of another)."""
-    exp = config["experiments"][name]
-    if "from" in exp:
-        return settings(exp["from"])
-    return {**DATASET_DEFAULTS[exp["dataset"]], **config["train"], **exp}
-
-
-def as_list(value):
-    return value if isinstance(value, list) else [value]
+    """An experiment's settings (dmaml.grid.settings)."""
+    return grid.settings(config, name)
 
 
 def runs(name):
-    """The wildcards of every run of an experiment: the product of its list-valued grid keys
-    (with `splits: [[n, t], ...]` pairing workers and tasks per step instead)."""
-    exp = settings(name)
-    grid = {w: as_list(exp[k]) for k, w in GRID.items()}
-    pairs = exp.get("splits") or list(itertools.product(grid["workers"], grid["t"]))
-    keys = ("dataset", "ways", "shots", "m", "merge", "reduction", "seed")
-    experiment = config["experiments"][name].get("from", name)
-    return [
-        {"experiment": experiment, "workers": n, "t": t, **dict(zip(keys, values))}
-        for values in itertools.product(*(grid[k] for k in keys))
-        for n, t in pairs
-    ]
+    """The wildcards of every run of an experiment (dmaml.grid.runs)."""
+    return grid.runs(config, name)
 
 
 def run_dirs(name):
@@ -186,37 +154,9 @@ def run_dirs(name):
     return [RUN.format(**w) for w in runs(name)]
 
 
-def run_settings(experiment, dataset, ways, shots, workers, m, t, merge, reduction, seed):
-    """The `dmaml train` settings of one run: the experiment's scalars and the run's wildcards."""
-    exp = settings(experiment)
-    values = {
-        k: v
-        for k, v in exp.items()
-        if k in RUN_FIELDS and k not in REPORT_KEYS and k not in GRID and v is not None
-    }
-    values.update(
-        dataset=dataset,
-        ways=int(ways),
-        shots=int(shots),
-        workers=int(workers),
-        steps_per_run=int(m),
-        tasks_per_step=int(t),
-        merge=merge,
-        outer_reduction=reduction,
-        seed=int(seed),
-    )
-    if reduction == "sum" and "sum_beta_per_task" in exp:
-        # Figure 5, bottom row: the rate grows with the tasks summed (0.001 at t = 32)
-        values["beta"] = exp["sum_beta_per_task"] * int(t)
-    if dataset != "sine":
-        values["data"] = f"resources/{dataset}.h5"
-    values["checkpoint_steps"] = [s for s in values["checkpoint_steps"] if s <= values["steps"]]
-    return values
-
-
 def run_flags(wildcards):
     """`dmaml train` flags of one run (every setting, so that a change re-runs the job)."""
-    values = run_settings(**{k: wildcards[k] for k in ("experiment", *GRID.values())})
+    values = grid.run_settings(config, **{k: wildcards[k] for k in ("experiment", *grid.GRID.values())})
     return " ".join(
         f"--{k} {json.dumps(v, separators=(',', ':'))!r}" if isinstance(v, list) else f"--{k} {v}"
         for k, v in sorted(values.items())
@@ -225,27 +165,10 @@ def run_flags(wildcards):
 
 def check_experiments():
     """Check every run's settings now, so that a wrong value stops the workflow before any job."""
-    known = set(RUN_FIELDS) | set(GRID) | REPORT_KEYS
-    sections = {"train": config["train"], **{f"experiments.{k}": v for k, v in config["experiments"].items()}}
-    for where, values in sections.items():
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise WorkflowError(
-                f"config.yaml, {where}: unknown key(s) {unknown}; known keys are "
-                f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}"
-            )
-        for key in INTEGER_GRID_KEYS & set(values):
-            if not all(type(v) is int for v in as_list(values[key])):
-                raise WorkflowError(
-                    f"config.yaml, {where}: {key}: must be an integer or a list "
-                    f"of integers, got {values[key]!r}"
-                )
-    for name in config["experiments"]:
-        for wildcards in runs(name):
-            try:
-                resolve(RunConfig(**run_settings(**wildcards)))
-            except (ConfigError, TypeError, KeyError) as e:
-                raise WorkflowError(f"config.yaml, experiments.{name}: {e}") from None
+    try:
+        grid.check_experiments(config)
+    except ConfigError as e:
+        raise WorkflowError(str(e)) from None
 
 
 def dataset_file(wildcards):

@@ -1,0 +1,118 @@
+"""The training runs behind each table and figure: the workflow's grid expansion.
+
+Each entry of ``experiments:`` in the workflow's configuration names its dataset and settings;
+list values span a grid, ``splits: [[n, t], ...]`` pairs workers with tasks per step, and
+``from: NAME`` reuses the runs of another experiment. ``workflow/rules/common.smk`` and
+``dmaml plan`` both expand the grid here, so the plan lists exactly the runs Snakemake trains.
+Every function takes the (validated, defaults filled) workflow configuration as ``config``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from dmaml.config import DATASET_DEFAULTS, RunConfig, resolve
+from dmaml.config import FIELDS as RUN_FIELDS
+from dmaml.errors import ConfigError
+
+# experiment key -> wildcard of a run folder
+GRID = {
+    "dataset": "dataset",
+    "ways": "ways",
+    "shots": "shots",
+    "workers": "workers",
+    "steps_per_run": "m",
+    "tasks_per_step": "t",
+    "merge": "merge",
+    "outer_reduction": "reduction",
+    "seeds": "seed",
+}
+INTEGER_GRID_KEYS = {"ways", "shots", "workers", "steps_per_run", "tasks_per_step", "seeds"}
+# experiment keys that shape the grid or the report, not a training run
+REPORT_KEYS = {"from", "splits", "test_shots", "max_step", "sum_beta_per_task", "title"}
+
+
+def settings(config: dict, name: str) -> dict:
+    """An experiment's settings: the dataset's Table 6 values, the `train:` defaults, then its
+    own (an experiment with `from:` reuses the runs of another)."""
+    exp = config["experiments"][name]
+    if "from" in exp:
+        return settings(config, exp["from"])
+    return {**DATASET_DEFAULTS[exp["dataset"]], **config["train"], **exp}
+
+
+def as_list(value) -> list:
+    """A grid value as a list (a scalar is a grid of one)."""
+    return value if isinstance(value, list) else [value]
+
+
+def runs(config: dict, name: str) -> list[dict]:
+    """The wildcards of every run of an experiment: the product of its list-valued grid keys
+    (with `splits: [[n, t], ...]` pairing workers and tasks per step instead)."""
+    exp = settings(config, name)
+    grid = {w: as_list(exp[k]) for k, w in GRID.items()}
+    pairs = exp.get("splits") or list(itertools.product(grid["workers"], grid["t"]))
+    keys = ("dataset", "ways", "shots", "m", "merge", "reduction", "seed")
+    experiment = config["experiments"][name].get("from", name)
+    return [
+        {"experiment": experiment, "workers": n, "t": t, **dict(zip(keys, values))}
+        for values in itertools.product(*(grid[k] for k in keys))
+        for n, t in pairs
+    ]
+
+
+def run_settings(config: dict, experiment: str, dataset: str, ways, shots, workers, m, t,
+                 merge: str, reduction: str, seed) -> dict:
+    """The `dmaml train` settings of one run: the experiment's scalars and the run's wildcards
+    (given as numbers or, from Snakemake, as text)."""
+    exp = settings(config, experiment)
+    values = {
+        k: v
+        for k, v in exp.items()
+        if k in RUN_FIELDS and k not in REPORT_KEYS and k not in GRID and v is not None
+    }
+    values.update(
+        dataset=dataset,
+        ways=int(ways),
+        shots=int(shots),
+        workers=int(workers),
+        steps_per_run=int(m),
+        tasks_per_step=int(t),
+        merge=merge,
+        outer_reduction=reduction,
+        seed=int(seed),
+    )
+    if reduction == "sum" and "sum_beta_per_task" in exp:
+        # Figure 5, bottom row: the rate grows with the tasks summed (0.001 at t = 32)
+        values["beta"] = exp["sum_beta_per_task"] * int(t)
+    if dataset != "sine":
+        values["data"] = f"resources/{dataset}.h5"
+    values["checkpoint_steps"] = [s for s in values["checkpoint_steps"] if s <= values["steps"]]
+    return values
+
+
+def check_experiments(config: dict, where: str = "config.yaml") -> None:
+    """Check every run's settings now, so that a wrong value stops before any job: a
+    ConfigError naming the section and key."""
+    known = set(RUN_FIELDS) | set(GRID) | REPORT_KEYS
+    sections = {"train": config["train"],
+                **{f"experiments.{k}": v for k, v in config["experiments"].items()}}
+    for section, values in sections.items():
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"{where}, {section}: unknown key(s) {unknown}; known keys are "
+                f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}"
+            )
+        for key in INTEGER_GRID_KEYS & set(values):
+            if not all(type(v) is int for v in as_list(values[key])):
+                raise ConfigError(
+                    f"{where}, {section}: {key}: must be an integer or a list "
+                    f"of integers, got {values[key]!r}"
+                )
+    for name in config["experiments"]:
+        for wildcards in runs(config, name):
+            try:
+                resolve(RunConfig(**run_settings(config, **wildcards)))
+            except (ConfigError, TypeError, KeyError) as e:
+                raise ConfigError(f"{where}, experiments.{name}: {e}") from None
