@@ -57,7 +57,7 @@ HELP = {
     "checkpoint_every": "MAML steps between resume checkpoints [default: eval_every]",
     "seed": "seed of initialisation and training tasks",
     "eval_seed": "seed of the validation and test tasks (same for every run)",
-    "engine": "sequential | vectorized | processes | cluster",
+    "engine": "auto (the fastest here) | sequential | vectorized | processes | cluster",
     "threads": "TensorFlow intra-op threads (0: all cores)",
     "on_divergence": "stop | drop: what a non-finite worker does",
     "tensorboard": "true: TensorBoard scalars in the run folder's tensorboard/",

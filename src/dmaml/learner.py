@@ -21,6 +21,7 @@ and counts validation and testing; ``run.json`` carries the same numbers for ``d
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -33,8 +34,8 @@ import numpy as np
 import yaml
 
 from dmaml import checkpoint, merge, models, optimizer, provenance
-from dmaml.config import RunConfig, dump, workers_at
-from dmaml.engines import Engine, WorkerResult, create
+from dmaml.config import ENGINES, RunConfig, dump, workers_at
+from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dmaml.evaluate import Evaluator
 from dmaml.status import duration
@@ -88,6 +89,7 @@ class Learner:
         self.cfg, self.out = cfg, Path(out)
         self.model = models.for_config(cfg)
         self.engine = engine
+        self.engine_choice = "set"  # why this engine (run.json), see _engine_name
         classification = self.model.classification
         self.metric_name = "accuracy" if classification else "mse"
         extra = ["train_acc", "val_loss", "val_acc"] if classification else ["val_loss"]
@@ -193,7 +195,9 @@ class Learner:
         tester = (Evaluator(self.model, make_sampler(cfg, "test"), "test", cfg.test_tasks,
                             cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
                   if cfg.test_tasks and cfg.checkpoint_steps else None)
-        self.engine = self.engine or create(cfg)
+        if self.engine is None:
+            name, self.engine_choice = self._engine_name()
+            self.engine = create(cfg, name)
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         s = None
@@ -222,6 +226,19 @@ class Learner:
         log.info("%s: finished %d steps in %s", self.out, s["step"], duration(s["elapsed"]))
         return s
 
+    def _engine_name(self) -> tuple[str, str]:
+        """The engine to compute with and why (:func:`dmaml.engines.choose`); a resumed ``auto``
+        run keeps the engine it started with, so that it ends bitwise as it would have."""
+        name, why = choose(self.cfg)
+        if self.cfg.engine == "auto":
+            with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
+                before = json.loads((self.out / "run.json").read_text())
+                if before["engine_choice"].startswith("auto") and before["engine"] in ENGINES:
+                    name = before["engine"]
+                    why = f"auto, kept from the run's start: {name}"
+        log.info("%s: engine %s (%s)", self.out, name, why)
+        return name, why
+
     def _open_folder(self, tester: Evaluator | None) -> dict:
         """Create or resume the run folder; returns the state to train from."""
         cfg = self.cfg
@@ -247,7 +264,8 @@ class Learner:
         if resume:
             self._retest(resume, tester)
         dump(cfg, self.out / "config.yaml")  # after test.csv agrees with it
-        self.versions = {**provenance.versions(), **provenance.machine(), "engine": cfg.engine}
+        self.versions = {**provenance.versions(), **provenance.machine(),
+                         "engine": self.engine.name, "engine_choice": self.engine_choice}
         self._write_run_json("running", s)
         log.info("%s: %s from step %d of %d%s", self.out,
                  "starting" if resume is None else "resuming", s["step"], cfg.steps,

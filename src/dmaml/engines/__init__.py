@@ -34,6 +34,7 @@ class Engine(ABC):
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        self.name = cfg.engine  # what run.json records; :func:`create` names what auto chose
 
     @abstractmethod
     def run(self, theta: dict[str, np.ndarray], states: dict[int, AdamState],
@@ -54,17 +55,44 @@ def set_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def create(cfg: RunConfig) -> Engine:
-    """The engine named by ``cfg.engine``."""
-    if cfg.engine == "sequential":
-        from dmaml.engines.sequential import SequentialEngine
-        return SequentialEngine(cfg)
-    if cfg.engine == "vectorized":
-        from dmaml.engines.vectorized import VectorizedEngine
-        return VectorizedEngine(cfg)
-    if cfg.engine == "processes":
-        from dmaml.engines.processes import ProcessesEngine
-        return ProcessesEngine(cfg)
-    from dmaml.engines.cluster import ClusterEngine  # config.py admits no other name
+def choose(cfg: RunConfig, cores: int | None = None) -> tuple[str, str]:
+    """The engine a run computes with, and why: ``cfg.engine`` when it names one ("set"); for
+    ``auto`` what measured fastest on ``cores`` cores (default ``cfg.threads``, else the cores
+    this process may use), benchmarks/README.md. conv4 workers: one process per core
+    (``processes``: 1.3-1.5x ``vectorized`` at n = 4 on 2 cores, Omniglot and 20-way alike;
+    a process's second thread mostly waits); one worker, one core, or sine's small MLP (whose
+    stacked computation beats processes up to n = 16): ``vectorized``. ``auto`` never picks
+    ``cluster`` (it needs a Ray cluster) nor ``sequential`` (the reference)."""
+    if cfg.engine != "auto":
+        return cfg.engine, "set"
+    if cores is None:
+        from dmaml.engines.processes import cores as available
 
-    return ClusterEngine(cfg)
+        cores = cfg.threads or available()
+    on = f"on {cores} core{'s' * (cores != 1)}"
+    n = cfg.workers
+    if cfg.dataset == "sine":
+        return "vectorized", f"auto: sine's small MLP {on}: all workers in one stacked computation"
+    if n == 1 or cores == 1:
+        return "vectorized", (f"auto: {n} conv4 worker{'s' * (n != 1)} {on}: one stacked "
+                              "computation")
+    return "processes", f"auto: {n} conv4 workers {on}: a process per core"
+
+
+def create(cfg: RunConfig, name: str | None = None) -> Engine:
+    """The engine ``name`` (default: :func:`choose`'s for ``cfg``)."""
+    name = name or choose(cfg)[0]
+    if name == "sequential":
+        from dmaml.engines.sequential import SequentialEngine
+        engine = SequentialEngine(cfg)
+    elif name == "vectorized":
+        from dmaml.engines.vectorized import VectorizedEngine
+        engine = VectorizedEngine(cfg)
+    elif name == "processes":
+        from dmaml.engines.processes import ProcessesEngine
+        engine = ProcessesEngine(cfg)
+    else:
+        from dmaml.engines.cluster import ClusterEngine  # config.py admits no other name
+        engine = ClusterEngine(cfg)
+    engine.name = name
+    return engine
