@@ -13,7 +13,9 @@ from dmaml import config
 from dmaml.cli import main
 from dmaml.errors import ReportError
 from dmaml.learner import Learner
-from dmaml.report import figures, tables
+from dmaml.report import figures, paper, tables
+
+from .conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +227,58 @@ def test_metrics_without_seconds_is_a_clear_error(timed, tmp_path, caplog):
     assert main(["figure", "workers_wall", *map(str, timed), "--out", str(tmp_path / "f")]) == 2
     assert f"{timed[0]}/metrics.csv: no wall_s column" in caplog.text
     assert not (tmp_path / "f.png").exists()
+
+
+@pytest.fixture(scope="module")
+def strategies(runs, tmp_path_factory):
+    """The mean runs (n = 1, 2) and one run of n = 2 for each other merge strategy."""
+    root = tmp_path_factory.mktemp("strategies")
+    others = {"weighted": {"merge": "weighted", "merge_temperature": 0.5},
+              "drop": {"merge": "drop_worst"}, "schedule": {"worker_schedule": [[20, 1]]}}
+    for name, extra in others.items():
+        cfg = config.load(None, {"dataset": "sine", "workers": 2, "steps": 40, "eval_every": 10,
+                                 "val_tasks": 5, "test_tasks": 30, "checkpoint_steps": [20, 40],
+                                 **extra})
+        Learner(cfg, root / name).train()
+    return [*runs, *(root / name for name in others)]
+
+
+STRATEGY_NAMES = {"mean", "weighted T=0.5", "drop_worst 1", "mean; n=1 from step 20"}
+
+
+def test_table7_has_a_row_per_strategy_and_no_paper_rows(strategies, tmp_path):
+    table, frame = tables.checkpoint_table(strategies)
+    assert set(table["strategy"]) == STRATEGY_NAMES and "merge" not in table
+    assert len(table[(table["workers"] == 2)]) == 4 * 2  # 4 strategies x 2 checkpoints
+    table = paper.compare(table, paper.load_paper(ROOT / "workflow/paper/tables.csv"), "table7")
+    assert set(table["verdict"]) == {"-"}
+    tables.write(table, "step", "Table 7", frame, tmp_path / "t7.csv")
+    text = (tmp_path / "t7.md").read_text()
+    assert "| strategy, n (seed) | step 20 | step 40 |" in text
+    assert "| weighted T=0.5, 2 (0) |" in text and "| mean; n=1 from step 20, 2 (0) |" in text
+    assert "| paper |" not in text and "The paper has no values for this table (verdict -)." in text
+    assert set(pd.read_csv(tmp_path / "t7.csv")["strategy"]) == STRATEGY_NAMES
+
+
+def test_tables_of_one_strategy_keep_their_layout(runs):
+    assert tables.row_keys(tables.load_runs(runs)) == ["workers"]
+
+
+def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path):
+    figures.merge_figure(strategies, tmp_path / "f7")
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / "f7").with_suffix(suffix).stat().st_size > 0
+    caption = (tmp_path / "f7.txt").read_text()
+    assert caption.startswith("Figure 7: validation score for each merge strategy")
+    assert "n = 2, t = 10, 40 MAML steps; strategies: drop_worst 1, mean, mean; n=1 from step 20, " \
+           "weighted T=0.5" in caption
+    assert "softmax(-loss / T)" in caption and "seeds 0, 1" in caption and "[" not in caption
+
+
+def test_figure7_legend_names_each_strategy(strategies):
+    fig, ax = plt.subplots()
+    frame = tables.load_runs(strategies).assign(line=lambda f: f["strategy"])
+    figures.plot_curves(ax, frame[frame["workers"] == 2], ["line"], lambda v: v[0])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"mean (2 seeds)", "weighted T=0.5 (1 seed)", "mean; n=1 from step 20 (1 seed)"} <= set(labels)
+    plt.close(fig)

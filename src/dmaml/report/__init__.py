@@ -23,10 +23,20 @@ SHORT = {"workers": "n", "shots": "k", "ways": "N", "steps_per_run": "m", "tasks
 # what run.json records of a run's machine and time (absent from runs made before it did)
 TIMING = ["engine", "cpu", "cores", "threads", "step_s", "seconds_per_step", "wall_s"]
 
+def strategy(cfg: dict) -> str:
+    """A run's merge strategy as text: ``mean``, ``weighted T=0.3``, ``drop_worst 2``, followed
+    by its worker schedule, if any (``mean; n=4 from step 1000``)."""
+    merge = cfg.get("merge", "mean")
+    text = {"weighted": f"weighted T={cfg.get('merge_temperature')}",
+            "drop_worst": f"drop_worst {cfg.get('merge_drop')}"}.get(merge, merge)
+    schedule = "".join(f"; n={n} from step {start}"
+                       for start, n in sorted(cfg.get("worker_schedule") or []))
+    return text + schedule
+
 
 def load_runs(runs: list[str | Path]) -> pd.DataFrame:
-    """One row per run folder: its settings, its path, its status and :data:`TIMING` (from
-    run.json)."""
+    """One row per run folder: its settings, its merge :func:`strategy`, its path, its status and
+    :data:`TIMING` (from run.json)."""
     rows = []
     for run in map(Path, runs):
         cfg_file = run / "config.yaml"
@@ -35,7 +45,7 @@ def load_runs(runs: list[str | Path]) -> pd.DataFrame:
         cfg = yaml.safe_load(cfg_file.read_text())
         info_file = run / "run.json"
         info = (yaml.safe_load(info_file.read_text()) or {}) if info_file.exists() else {}
-        rows.append({**{k: cfg.get(k) for k in SETTINGS}, "run": str(run),
+        rows.append({**{k: cfg.get(k) for k in SETTINGS}, "strategy": strategy(cfg), "run": str(run),
                      "status": info.get("status", "unknown"), **{k: info.get(k) for k in TIMING},
                      "code": f"dmaml {info.get('dmaml', '?')} (git {info.get('git', '?')})"})
     if not rows:

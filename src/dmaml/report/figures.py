@@ -1,4 +1,5 @@
-"""The paper's figures (2-6) from run folders: validation curves with mean and std over seeds.
+"""The paper's figures (2-6) from run folders: validation curves with mean and std over seeds;
+and Figure 7, beyond the paper: the merge strategies side by side.
 
 Every figure is written as PNG and PDF with a caption side file (``.txt``) that states the
 configuration, the seeds and the number of validation tasks behind each curve. The figure itself
@@ -279,6 +280,32 @@ def split_figure(run_dirs, out: Path) -> None:
                lambda v: f"n x t = {v[0]} x {v[1]}",
                "The same tasks per run split over n workers of t tasks",
                "Figure 6: n workers x t tasks per step, n x t constant")
+
+
+STRATEGIES = ("mean: the plain average of the workers' parameters (the paper's merge); weighted "
+              "T: weights softmax(-loss / T) of each worker's query loss over the run; drop_worst "
+              "d: the d workers of highest loss left out; 'n=k from step s': a worker schedule, "
+              "k workers from MAML step s on")
+
+
+def merge_figure(run_dirs, out: Path) -> None:
+    """Figure 7 (beyond the paper): validation score vs MAML steps for each merge strategy, one
+    panel per number of workers n, with the runs of n = 1 in each panel as the reference."""
+    runs = load_runs(run_dirs)
+    runs = runs.assign(line=["n = 1 (reference)" if n == 1 else s
+                             for n, s in zip(runs["workers"], runs["strategy"])])
+    counts = sorted(set(runs["workers"]) - {1}) or [1]
+    fig, axes = plt.subplots(1, len(counts), figsize=(7 * len(counts), 4.5), squeeze=False)
+    for ax, n in zip(axes[0], counts):
+        plot_curves(ax, runs[runs["workers"].isin({1, n})], ["line"], lambda v: v[0])
+        ax.set_title(f"Merge strategies at n = {n} workers")
+    config = (f"n = {listing(counts)}, t = {listing(runs['tasks_per_step'])}, "
+              f"{listing(runs['steps'])} MAML steps; strategies: {listing(runs['strategy'])}")
+    settings_note(fig, runs, f"{config}; {_points(runs)}")
+    save(fig, out, _caption("Figure 7: validation score for each merge strategy of the central "
+                            "learner (the paper's future work: does a smarter merge stop the "
+                            "divergence of many workers?)", runs,
+                            f"{config}. {STRATEGIES}."))
 
 
 def extrapolation_figure(prediction_files, out: Path) -> None:

@@ -28,15 +28,17 @@ from dmaml.report import IDENTITY, SETTINGS, SHORT, ReportError, counts, describ
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
     """The settings that tell the rows apart: those that vary between runs, except the seed
-    (always including the worker count)."""
-    keys = [k for k in SETTINGS if k not in ("seed", "workers") and runs[k].nunique() > 1]
-    return [*keys, "workers"]
+    (always including the worker count); the merge strategy (merge, its temperature or drop
+    count, the worker schedule: :func:`~dmaml.report.strategy`) as one, where it varies."""
+    keys = [k for k in SETTINGS if k not in ("seed", "workers", "merge") and runs[k].nunique() > 1]
+    strategy = ["strategy"] if runs["strategy"].nunique() > 1 else []
+    return [*keys, *strategy, "workers"]
 
 
 def config_columns(runs: pd.DataFrame) -> list[str]:
     """The settings a table's CSV carries: :data:`IDENTITY` and every other that varies."""
     keys = row_keys(runs)
-    return [k for k in SETTINGS if k in IDENTITY or k in keys]
+    return [k for k in [*SETTINGS, "strategy"] if k in IDENTITY or k in keys]
 
 
 def _decimals(ci: float) -> int | None:
@@ -153,7 +155,8 @@ def _layout(table: pd.DataFrame, column: str,
     seeds = table.groupby(keys)["seed"].first()
     header = [", ".join(SHORT.get(k, k) for k in keys) + " (seed)",
               *(f"{column} {c}" for c in wide.columns)]
-    paper = "verdict" in table
+    # a table the paper has no values for (Table 7) gets no rows of '-' under each of ours
+    paper = "verdict" in table and table["paper_mean"].notna().any()
     if paper:
         papers = cells.assign(cell=[_paper_cell(r) for _, r in table.iterrows()]).pivot(
             index=keys, columns=column, values="cell")
@@ -174,6 +177,8 @@ def _layout(table: pd.DataFrame, column: str,
                      + ("higher / lower" if table["metric"].iloc[0] == "accuracy" else "lower / higher")
                      + "; - the paper has no value for that cell. Against the paper: "
                      + counts(table["verdict"]) + ".")
+    elif "verdict" in table:
+        notes.append("The paper has no values for this table (verdict -).")
     notes.append(f"Configuration: {describe(runs)}.")
     return header, rows, notes
 
