@@ -1,5 +1,16 @@
-"""A private one-node SLURM cluster on this machine, for tests: munge, slurmctld and slurmd on
-127.0.0.1, started as root without systemd (recipe: ../shared/docs/slurm-local.md).
+"""A private SLURM cluster on this machine, for tests: munge, slurmctld and one slurmd per node,
+started as root without systemd (recipe: ../shared/docs/slurm-local.md).
+
+One node (the default) is this machine by its hostname on 127.0.0.1. ``nodes=N`` > 1 makes N
+compute nodes ``dmaml-n0`` ... on loopback aliases: node i is a slurmd started with ``-N
+dmaml-ni``, its own SlurmdPort, spool, log and pid file (``%n`` in slurm.conf), and its own
+address ``NodeAddr=127.0.0.{i + 2}`` (slurmctld stays on 127.0.0.1). Linux routes all of
+127.0.0.0/8 to the loopback device, so these addresses need no set-up and no ``ip``: Debian's
+slurmd (22.05, built without --enable-multiple-slurmd) still runs several daemons on one host
+this way, each answering on its own port; the simpler route than network namespaces, and all
+traffic stays on loopback. What runs on a node tells it apart by ``SLURMD_NODENAME`` and that
+node's NodeAddr (``scontrol show node``); ``hostname`` is the same on all of them, and they share
+this machine's file system, so a job's per-node files need the node's name in their path.
 
 Every file (key, sockets, state, logs, pid files, slurm.conf) lives in one short temporary
 folder, the daemons listen on ports of their own, and they are stopped by the pids in their pid
@@ -18,6 +29,7 @@ From Python::
 From a shell, a command inside a cluster started for it, and stopped when it ends::
 
     python tests/slurm/local_cluster.py -- sinfo
+    python tests/slurm/local_cluster.py --nodes 2 -- sinfo -N -h
     python tests/slurm/local_cluster.py --stop /tmp/dmaml-slurm-XXXX   # leftovers of a killed run
 """
 
@@ -42,9 +54,8 @@ SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 LOCK = Path(tempfile.gettempdir()) / "dmaml-local-slurm.lock"
 PREFIX = "dmaml-slurm-"
 MARKER = "# dmaml local_cluster"
-# (daemon, pid file in the folder), stopped in this order
-DAEMONS = [("slurmd", "run/slurmd.pid"), ("slurmctld", "run/slurmctld.pid"),
-           ("munged", "run/munged.pid")]
+NODE_PREFIX = "dmaml-n"  # node names of a cluster of several nodes
+NODE_ENV = "DMAML_SLURM_NODE"  # in a slurmd's environment (and its slurmstepds'): its node
 
 
 class ClusterUnavailable(RuntimeError):
@@ -56,8 +67,9 @@ class ClusterError(RuntimeError):
     """A daemon did not start or did not answer in time."""
 
 
-def unavailable_reason() -> str | None:
-    """Why this machine cannot run the cluster, or None when it can (packages aside)."""
+def unavailable_reason(nodes: int = 1) -> str | None:
+    """Why this machine cannot run the cluster of ``nodes`` nodes, or None when it can (packages
+    aside)."""
     if os.geteuid() != 0:
         return "the local SLURM cluster needs root (its daemons run as root, without systemd)"
     host = socket.gethostname().split(".")[0]
@@ -68,6 +80,13 @@ def unavailable_reason() -> str | None:
     if not address.startswith("127."):
         return (f"hostname {host!r} resolves to {address}, not to loopback; the one-node cluster "
                 "must not listen or be reached on another address")
+    if nodes > 1:
+        try:
+            with socket.socket() as s:
+                s.bind((f"127.0.0.{nodes + 1}", 0))
+        except OSError as e:
+            return (f"cannot bind loopback alias 127.0.0.{nodes + 1} ({e}); the nodes of a "
+                    "cluster of several nodes have the addresses 127.0.0.2 ...")
     return None
 
 
@@ -150,11 +169,16 @@ class LocalSlurm:
     temporary folder removed at the end. ``env`` is the environment for SLURM commands
     (SLURM_CONF set)."""
 
-    def __init__(self, lock_timeout: float = 600, start_timeout: float = 60):
+    def __init__(self, nodes: int = 1, lock_timeout: float = 600, start_timeout: float = 60):
+        if nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {nodes}")
         self.folder: Path | None = None
         self.lock_timeout = lock_timeout
         self.start_timeout = start_timeout
         self.host = socket.gethostname().split(".")[0]
+        # node name -> address
+        self.nodes = ({self.host: "127.0.0.1"} if nodes == 1 else
+                      {f"{NODE_PREFIX}{i}": f"127.0.0.{i + 2}" for i in range(nodes)})
         self._lock: int | None = None  # file descriptor of LOCK, held while the cluster runs
         self._linked = False
 
@@ -180,12 +204,15 @@ class LocalSlurm:
         self.stop()
 
     def start(self) -> None:
-        reason = unavailable_reason()
+        reason = unavailable_reason(len(self.nodes))
         if reason:
             raise ClusterUnavailable(reason)
         self._take_lock()
         try:
             self._claim_system_conf()
+            for stale in Path("/tmp").glob(f"{PREFIX}*"):  # we hold the lock: their owner died
+                stop_cluster(stale)
+                shutil.rmtree(stale, ignore_errors=True)
             self.folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir="/tmp"))
             self._write_files()
             self._link_system_conf()
@@ -260,23 +287,25 @@ class LocalSlurm:
         os.chmod(f, 0o755)
         cpus = os.cpu_count() or 1
         memory = max(memory_mib() - 1024, 1024)
-        node = self.host
-        self.conf.write_text(f"""{MARKER}: a private one-node cluster, removed when it stops
+        nodes = "\n".join(
+            f"NodeName={name} NodeAddr={address} NodeHostname={self.host} Port={free_port()} "
+            f"CPUs={cpus} RealMemory={memory} State=UNKNOWN"
+            for name, address in self.nodes.items())
+        self.conf.write_text(f"""{MARKER}: a private cluster, removed when it stops
 ClusterName=dmaml
-SlurmctldHost={node}(127.0.0.1)
+SlurmctldHost={self.host}(127.0.0.1)
 SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.socket}
 StateSaveLocation={f}/state
-SlurmdSpoolDir={f}/spool
+SlurmdSpoolDir={f}/spool/%n
 SlurmctldPidFile={f}/run/slurmctld.pid
-SlurmdPidFile={f}/run/slurmd.pid
+SlurmdPidFile={f}/run/slurmd-%n.pid
 SlurmctldLogFile={f}/log/slurmctld.log
-SlurmdLogFile={f}/log/slurmd.log
+SlurmdLogFile={f}/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -290,8 +319,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=600
 MailProg=/bin/true
-NodeName={node} NodeAddr=127.0.0.1 NodeHostname={node} CPUs={cpus} RealMemory={memory} State=UNKNOWN
-PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """)
 
     def _run(self, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -326,14 +355,32 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
             raise ClusterError(f"slurmctld: {done.stderr}{done.stdout}")
         wait_for("slurmctld is not UP", lambda: "UP" in self._run("scontrol", "ping").stdout,
                  self.start_timeout, f / "log/slurmctld.log")
-        done = self._run("slurmd", "-f", str(self.conf), "-N", self.host)
+        for node in self.nodes:
+            self.start_node(node)
+        wait_for(f"the {len(self.nodes)} node(s) are not idle",
+                 lambda: self._run("sinfo", "-h", "-N", "-o", "%t").stdout.split()
+                 == ["idle"] * len(self.nodes),
+                 self.start_timeout, f / f"log/slurmd-{node}.log")
+
+    def start_node(self, node: str) -> None:
+        """Start the slurmd of ``node`` (again, after :meth:`kill_node`)."""
+        done = subprocess.run(["timeout", "-k", "5", "20", "slurmd", "-f", str(self.conf), "-N",
+                               node], env=dict(self.env, **{NODE_ENV: node}),
+                              capture_output=True, text=True)
         if done.returncode != 0:
-            raise ClusterError(f"slurmd: {done.stderr}{done.stdout}")
-        wait_for("the node is not idle",
-                 lambda: self._run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle",
-                 self.start_timeout, f / "log/slurmd.log")
+            raise ClusterError(f"slurmd -N {node}: {done.stderr}{done.stdout}")
 
     # --- for tests ----------------------------------------------------------------------------
+    def kill_node(self, node: str) -> list[int]:
+        """Lose ``node`` as a crash would: SIGKILL its slurmd, its slurmstepds (``NODE_ENV`` in
+        their environment) and every process of its job steps (``SLURMD_NODENAME``), e.g. the
+        Ray processes started there. Returns the pids killed."""
+        pids = processes_of(self.conf, {f"{NODE_ENV}={node}", f"SLURMD_NODENAME={node}"})
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
     def jobs(self) -> list[dict[str, str]]:
         """This cluster's jobs: id, state, name and comment (as the Snakemake plugin sets them)."""
         done = self._run("squeue", "-h", "-o", "%i|%T|%j|%k")
@@ -341,6 +388,36 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
             raise ClusterError(f"squeue: {done.stderr}")
         rows = [line.split("|", 3) for line in done.stdout.splitlines() if line.strip()]
         return [dict(zip(("id", "state", "name", "comment"), r)) for r in rows]
+
+
+def processes_of(conf: Path, marks: set[str] | None = None) -> list[int]:
+    """Processes with ``SLURM_CONF=conf`` in their environment (the cluster's daemons and its
+    jobs' processes have it) and, if given, one of the ``marks`` (``NAME=value``) too; never
+    this process or its parents."""
+    ours = f"SLURM_CONF={conf}".encode()
+    wanted = {m.encode() for m in marks} if marks else None
+    skip, pid = set(), os.getpid()
+    while pid > 1:  # this process and its ancestors
+        skip.add(pid)
+        pid = parent_of(pid)
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in skip:
+            continue
+        try:
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if ours in environ and (wanted is None or wanted & environ):
+            found.append(int(proc.name))
+    return found
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def stop_cluster(folder: Path, timeout: float = 30) -> None:
@@ -364,7 +441,10 @@ def stop_cluster(folder: Path, timeout: float = 30) -> None:
                            capture_output=True)
             with contextlib.suppress(ClusterError):
                 wait_for("jobs still active", empty, timeout)
-    for daemon, pid_file in DAEMONS:
+    # the slurmds, then slurmctld, then munged
+    daemons = [("slurmd", f"run/{p.name}") for p in sorted(folder.glob("run/slurmd-*.pid"))]
+    for daemon, pid_file in [*daemons, ("slurmctld", "run/slurmctld.pid"),
+                             ("munged", "run/munged.pid")]:
         pid = pid_of(folder, daemon, pid_file)
         if pid is None:
             continue
@@ -374,6 +454,10 @@ def stop_cluster(folder: Path, timeout: float = 30) -> None:
             time.sleep(0.1)
         if alive(pid) and pid_of(folder, daemon, pid_file) == pid:
             os.kill(pid, signal.SIGKILL)
+    # what jobs left behind, e.g. the Ray processes of a node killed by LocalSlurm.kill_node
+    for pid in processes_of(conf):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stop", type=Path, metavar="FOLDER",
                         help="stop the leftover cluster of a killed run in FOLDER and remove it")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="compute nodes (default 1: this machine on 127.0.0.1)")
     parser.add_argument("command", nargs="*", help="command to run inside the cluster")
     args = parser.parse_args(argv)
     if args.stop:
@@ -394,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.error("give a command to run inside the cluster (e.g. -- sinfo)")
     try:
-        with LocalSlurm() as cluster:
+        with LocalSlurm(args.nodes) as cluster:
             print(f"local SLURM cluster in {cluster.folder} (SLURM_CONF={cluster.conf})",
                   file=sys.stderr)
             return subprocess.run(args.command, env=cluster.env).returncode

@@ -133,16 +133,19 @@ class WorkerActor:
 
         self.engine = VectorizedEngine(cfg)
 
-    def pid(self) -> int:
-        """This actor's process id (a new one after a restart)."""
-        return os.getpid()
+    def where(self) -> tuple[int, str]:
+        """This actor's process id (a new one after a restart) and its node's address."""
+        import ray
+
+        return os.getpid(), ray.util.get_node_ip_address()
 
     def run(self, theta: dict, states: dict[int, AdamState],
-            step: int) -> tuple[int, float, dict[int, WorkerResult]]:
-        """The pid that computed the run, its seconds, and the vectorized engine's results."""
+            step: int) -> tuple[tuple[int, str], float, dict[int, WorkerResult]]:
+        """Where the run was computed (:meth:`where`), its seconds, and the vectorized engine's
+        results."""
         start = time.perf_counter()
         results = self.engine.run(theta, states, step)
-        return os.getpid(), time.perf_counter() - start, results
+        return self.where(), time.perf_counter() - start, results
 
 
 class ClusterEngine(Engine):
@@ -180,7 +183,8 @@ class ClusterEngine(Engine):
             scheduling_strategy="SPREAD")
         self.actors: list = [remote.remote(self.cfg, cpus) for _ in range(self.count)]
         try:
-            self.pids = ray.get([a.pid.remote() for a in self.actors], timeout=start_timeout)
+            self.pids, self.addresses = map(list, zip(*ray.get(
+                [a.where.remote() for a in self.actors], timeout=start_timeout)))
         except ray.exceptions.GetTimeoutError:
             self.close()
             raise ClusterError(
@@ -192,9 +196,9 @@ class ClusterEngine(Engine):
             self.close()
             raise ClusterError(f"the Ray actors could not start: {_first_line(e)}") from None
         log.info("cluster engine: %d Ray actors x %d CPUs on %d node(s) (%s) for %d workers "
-                 "(up to %d restarts each)", self.count, cpus, len(nodes),
+                 "(up to %d restarts each); actors on %s", self.count, cpus, len(nodes),
                  ", ".join(sorted(n["NodeManagerAddress"] for n in nodes)), cfg.workers,
-                 self.restart_limit)
+                 self.restart_limit, ", ".join(self.addresses))
 
     def _nodes(self, expected: int, timeout: float) -> list[dict]:
         """The cluster's live nodes, once ``expected`` of them have joined."""
@@ -222,7 +226,7 @@ class ClusterEngine(Engine):
         results, self.last_compute = {}, []
         for a, call in calls.items():
             try:
-                pid, seconds, part = ray.get(call)
+                (pid, address), seconds, part = ray.get(call)
             except ray.exceptions.RayTaskError:
                 raise  # an error of the computation itself (it is also an instance of its cause)
             except ray.exceptions.RayError as e:
@@ -234,11 +238,11 @@ class ClusterEngine(Engine):
                     "it resumes from the last checkpoint") from None
             if pid != self.pids[a]:
                 # A restart between or during runs: the call was redone from the same inputs.
-                self.pids[a] = pid
+                self.pids[a], self.addresses[a] = pid, address
                 self.restarts[a] += 1
-                log.warning("Ray actor %d (workers %s) was restarted (%d of %d); its share of the "
-                            "run from step %d was redone", a, self.workers[a], self.restarts[a],
-                            self.restart_limit, step)
+                log.warning("Ray actor %d (workers %s) was restarted on %s (%d of %d); its share "
+                            "of the run from step %d was redone", a, self.workers[a], address,
+                            self.restarts[a], self.restart_limit, step)
             self.last_compute.append(seconds)
             results.update(part)
         return results
