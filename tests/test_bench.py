@@ -102,3 +102,37 @@ def test_first_layer_input_gradient_is_not_counted():
     # The old (9kS + 3Q)F counted it, 2% too many on Omniglot 5-way 1-shot.
     old = (9 * 5 + 3 * 5) * models.for_config(cfg).flops
     assert 1.015 < old / bench.flops_per_step(cfg) < 1.03
+
+
+def test_matmul_peak_reaches_4096_and_is_configurable():
+    assert max(bench.PEAK_SIZES) == 4096
+    peak = bench.matmul_peak(sizes=(64, 128), repeats=2)
+    assert set(peak["by_size"]) == {"64", "128"} and peak["gflops"] > 0
+    args = bench_args("--peak-sizes", "256,512")
+    assert args.peak_sizes == [256, 512]
+
+
+def bench_args(*argv: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_command(parser.add_subparsers())
+    return parser.parse_args(["bench", *argv])
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorized"])
+def test_the_compiled_step_alone_is_reported_beside_the_whole_run(engine):
+    spec = dict(workload="sine", order="second", n=2, engine=engine, steps=2, warmup=1,
+                budget=0, processes=None, data={})
+    record = bench.measure(spec)
+    # the whole run (task sampling, conversion, merge) and the compiled step on ready tensors
+    assert record["median_s"] > 0 and record["step_median_s"] > 0
+    assert "step alone" in bench.table([record], 100.0)
+
+
+def test_the_table_quotes_the_peak_of_its_own_invocation():
+    record = dict(workload="sine", order="second", n=1, engine="sequential", median_s=0.01,
+                  min_s=0.01, max_s=0.01, steps_per_s=100, gflops=2.0, peak_rss_mib=300,
+                  step_median_s=0.005)
+    text = bench.table([record], 123.4, {"4096": 123.4})
+    assert "123 GFLOP/s" in text.splitlines()[0] and "| 2 |" in text

@@ -9,7 +9,10 @@ mean after each run as the learner does. Tasks come from synthetic HDF5 files in
 compared with, measured in the same invocation; so is this machine's float32 matmul peak.
 
 Reported per configuration (JSON lines, then a table): seconds per MAML step of the central model
-(median, min, max), steps per second, the speed-up over the sequential engine, achieved GFLOP/s
+(median, min, max) as a training run sees them, i.e. including drawing the tasks from the HDF5
+file, converting arrays to tensors and merging; beside it the compiled step alone (the same
+tasks drawn and converted beforehand, :func:`step_alone`; not for the processes engine, whose
+steps run in other processes); steps per second, the speed-up over the sequential engine, achieved GFLOP/s
 and its fraction of the matmul peak, and peak resident memory; for the processes engine also the
 per-run overhead (wall time minus the slowest process's compute time: sending parameters, waking
 the processes, gathering and merging) and the peak memory of its worker processes together.
@@ -29,6 +32,7 @@ step in tests/test_bench.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -53,6 +57,8 @@ WORKLOADS: dict[str, dict] = {
 }
 ENGINES = ("sequential", "vectorized", "processes")
 WORKERS = {"sine": (1, 4, 16, 64)}  # the others: (1, 4, 16)
+# Square matmuls of the peak measurement (TensorFlow reaches its best from about 4096 on).
+PEAK_SIZES = (1024, 2048, 4096)
 # One example's shape per dataset (the models' inputs).
 EXAMPLE_SHAPES = {"sine": (1,), "omniglot": (28, 28, 1), "miniimagenet": (84, 84, 3)}
 
@@ -113,17 +119,18 @@ def _memory_mib(pid: int | str = "self", field: str = "VmHWM", name: str = "stat
     return float("nan")
 
 
-def matmul_peak(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 10) -> dict:
+def matmul_peak(sizes: tuple[int, ...] = PEAK_SIZES, repeats: int = 10) -> dict:
     """This machine's float32 matmul throughput: the best GFLOP/s of ``repeats`` square matmuls
-    of each size, with TensorFlow's default threads (all cores)."""
+    of each size, with TensorFlow's default threads (all cores). The compiled call returns one
+    element of the product, so that waiting for it copies 4 bytes, not the matrix."""
     import tensorflow as tf
 
-    f = tf.function(tf.linalg.matmul)
+    f = tf.function(lambda a, b: tf.linalg.matmul(a, b)[-1, -1])
     best = {}
     for size in sizes:
         a, b = tf.random.normal((size, size)), tf.random.normal((size, size))
-        f(a, b).numpy()
-        seconds = min(_timed(lambda a=a, b=b: f(a, b).numpy()) for _ in range(repeats))
+        float(f(a, b))
+        seconds = min(_timed(lambda a=a, b=b: float(f(a, b))) for _ in range(repeats))
         best[size] = 2 * size**3 / seconds / 1e9
     return {"kind": "matmul_peak", "gflops": max(best.values()),
             "by_size": {str(k): round(v, 1) for k, v in best.items()}}
@@ -133,6 +140,41 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def step_alone(engine, theta: dict, states: dict, step: int):
+    """A callable making the engine's compiled MAML step of every worker once, on inputs made
+    beforehand (tasks drawn, everything converted to tensors), and waiting for its losses: the
+    compiled step without task sampling, conversion and merging. None for engines that compute
+    in other processes."""
+    import tensorflow as tf
+
+    from dmaml.engines.sequential import SequentialEngine
+    from dmaml.engines.vectorized import VectorizedEngine
+    from dmaml.optimizer import AdamState
+    from dmaml.tasks import TRAIN, sample_batch, task_rng
+
+    engine = getattr(engine, "per_task", None) or engine
+    cfg, const = engine.cfg, functools.partial(tf.nest.map_structure, tf.constant)
+    if isinstance(engine, VectorizedEngine):
+        calls = []
+        for workers in engine.chunks(states):
+            params, state = engine._stack(theta, [states[w] for w in workers])
+            calls.append((engine.step_fn(len(workers)), params, state,
+                          const(engine._tasks(workers, step))))
+    elif isinstance(engine, SequentialEngine):
+        calls = [(engine.step_fn, const(theta), AdamState(*const(tuple(states[w]))),
+                  const(sample_batch(engine.sampler, task_rng(cfg.seed, TRAIN, w, step),
+                                     cfg.tasks_per_step)))
+                 for w in states]
+    else:
+        return None
+
+    def run() -> None:
+        for fn, params, state, tasks in calls:
+            fn(params, state, *tasks)[2].numpy()
+
+    return run
 
 
 def measure(spec: dict) -> dict:
@@ -187,6 +229,10 @@ def measure(spec: dict) -> dict:
             record["workers_pss_mib"] = sum(_memory_mib(p.pid, "Pss", "smaps_rollup")
                                             for p in engine.procs)
             record["processes"] = engine.count
+        alone = step_alone(engine, theta, states, step)
+        if alone:
+            alone()  # a new input shape may compile once more
+            record["step_seconds"] = [_timed(alone) for _ in range(min(spec["steps"], 5))]
     finally:
         engine.close()
     median = statistics.median(seconds)
@@ -194,6 +240,8 @@ def measure(spec: dict) -> dict:
     record.update(median_s=median, min_s=min(seconds), max_s=max(seconds), steps_per_s=1 / median,
                   per_worker_s=median / cfg.workers, gflops=flops / median / 1e9,
                   flops_per_step=flops, peak_rss_mib=_memory_mib())
+    if "step_seconds" in record:
+        record["step_median_s"] = statistics.median(record.pop("step_seconds"))
     if overheads:
         record["overhead_ms"] = 1e3 * statistics.median(overheads)
     return record
@@ -213,26 +261,30 @@ def _child(spec: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-def table(records: list[dict], peak: float) -> str:
-    """A Markdown table of the records, with ratios to the sequential engine."""
+def table(records: list[dict], peak: float, by_size: dict[str, float] | None = None) -> str:
+    """A Markdown table of the records, with ratios to the sequential engine, under a line
+    quoting the matmul peak its % peak column uses (measured in the same invocation)."""
     base = {(r["workload"], r["order"], r["n"]): r["median_s"] for r in records
             if r["engine"] == "sequential" and "median_s" in r}
-    head = ("| workload | order | n | engine | s/step median (min-max) | steps/s | vs loop "
-            "| GFLOP/s | % peak | peak MiB | notes |")
-    rows = [head, "|---" * 11 + "|"]
+    sizes = ", ".join(f"N = {k}: {v:.0f}" for k, v in (by_size or {}).items())
+    rows = [f"float32 matmul peak of this invocation: {peak:.0f} GFLOP/s"
+            + (f" ({sizes})" if sizes else ""), "",
+            "| workload | order | n | engine | s/step median (min-max) | step alone | steps/s "
+            "| vs loop | GFLOP/s | % peak | peak MiB | notes |", "|---" * 12 + "|"]
     for r in records:
         key = f"| {r['workload']} | {r['order']} | {r['n']} | {r['engine']} |"
         if "median_s" not in r:
-            rows.append(f"{key} - | - | - | - | - | - | {r.get('skipped') or r.get('error', '')} |")
+            rows.append(f"{key} - | - | - | - | - | - | - | {r.get('skipped') or r.get('error', '')} |")
             continue
         ref = base.get((r["workload"], r["order"], r["n"]))
         speedup = f"{ref / r['median_s']:.2f}x" if ref else "-"
+        alone = f"{r['step_median_s']:.4f}" if "step_median_s" in r else "-"
         notes = []
         if "overhead_ms" in r:
             notes.append(f"{r['processes']} procs, overhead {r['overhead_ms']:.1f} ms, workers' "
                          f"memory {r['workers_pss_mib']:.0f} MiB (peak RSS "
                          f"{r['workers_peak_rss_mib']:.0f})")
-        rows.append(f"{key} {r['median_s']:.4f} ({r['min_s']:.4f}-{r['max_s']:.4f}) | "
+        rows.append(f"{key} {r['median_s']:.4f} ({r['min_s']:.4f}-{r['max_s']:.4f}) | {alone} | "
                     f"{r['steps_per_s']:.2f} | {speedup} | {r['gflops']:.1f} | "
                     f"{100 * r['gflops'] / peak:.0f} | {r['peak_rss_mib']:.0f} | "
                     f"{'; '.join(notes)} |")
@@ -303,6 +355,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds a configuration's timed steps may take, estimated after the "
                         "first run; longer ones are reported as skipped (0: no limit) "
                         "[default: 900]")
+    p.add_argument("--peak-sizes", type=lambda t: [int(n) for n in _parse_list(t)],
+                   default=list(PEAK_SIZES),
+                   help="comma-separated sizes of the square matmuls of the peak measurement "
+                        f"[default: {','.join(map(str, PEAK_SIZES))}]")
     p.add_argument("--out", type=Path, help="also write the JSON lines to this file")
     p.set_defaults(func=cmd_bench)
 
@@ -325,7 +381,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dmaml-bench-") as folder:
         data = make_data(Path(folder))
         load = os.getloadavg()[0]
-        peak = _child({"peak": True}, 600)
+        peak = _child({"peak": True, "sizes": args.peak_sizes}, 600)
         emit(dict(peak, load_before=load, cores=os.cpu_count()))
         for workload in args.workloads:
             for order in args.orders:
@@ -338,21 +394,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         record["load"] = os.getloadavg()[0]
                         emit(record)
                         records.append(record)
-        peak_after = _child({"peak": True}, 600)
+        peak_after = _child({"peak": True, "sizes": args.peak_sizes}, 600)
         emit(dict(peak_after, when="after"))
     if out:
         out.close()
     best = max(peak["gflops"], peak_after["gflops"])
     print(f"\nfloat32 matmul peak: {peak['gflops']:.0f} GFLOP/s before, "
           f"{peak_after['gflops']:.0f} after ({os.cpu_count()} cores); % peak uses {best:.0f}\n")
-    print(table(records, best))
+    print(table(records, best, max(peak, peak_after, key=lambda p: p["gflops"])["by_size"]))
     print("\n".join(["", *targets(records, best)]))
     return 0
 
 
 def _main_one(spec: dict) -> None:
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(matmul_peak() if spec.get("peak") else measure(spec)), flush=True)
+    record = matmul_peak(tuple(spec["sizes"])) if spec.get("peak") else measure(spec)
+    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
