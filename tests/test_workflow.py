@@ -73,9 +73,24 @@ def test_table2_plans_the_paper_grid(workflow):
 
 @pytest.mark.parametrize("target, trainings", [
     ("table1", 4), ("table3", 18), ("table4", 18), ("fig2", 4), ("fig3", 18), ("fig4", 12),
-    ("fig5", 42), ("fig6", 18), ("figures", 94), ("fig3_wall", 18), ("fig5_wall", 42)])
+    ("fig5", 42), ("fig6", 18), ("figures", 112), ("fig3_wall", 18), ("fig5_wall", 42),
+    ("fig7", 27), ("table7", 27)])
 def test_every_target_plans(workflow, target, trainings):
     assert planned(snakemake(workflow, "-n", target))["train_dmaml"] == trainings
+
+
+def test_figure7_reuses_table2s_runs_and_names_the_others(workflow):
+    """Figure 7 (and Table 7) train Table 2's mean runs of n = 1, 16, 32 once for both, put the
+    other merges beside them under table2/ and the worker schedule under fig7_schedule/."""
+    both = snakemake(workflow, "-n", "table2", "fig7", "table7")
+    assert planned(both)["train_dmaml"] == 18 + 12 + 6
+    commands = snakemake(workflow, "-n", "-p", "fig7").stdout
+    folders = set(re.findall(r"--out '?results/runs/([^ ']+)/seed\d", commands))
+    assert {f"table2/omniglot-5w1s-n{n}-m1-t32-{merge}-mean" for n in (16, 32)
+            for merge in ("mean", "weighted", "drop_worst")} <= folders
+    assert "table2/omniglot-5w1s-n1-m1-t32-mean-mean" in folders
+    assert {f"fig7_schedule/omniglot-5w1s-n{n}-m1-t32-mean-mean" for n in (16, 32)} <= folders
+    assert len(folders) == 9 and "--worker_schedule '[[1000,4]]'" in commands
 
 
 def test_table5_needs_a_miniimagenet_source(workflow):
@@ -95,6 +110,9 @@ def test_table5_needs_a_miniimagenet_source(workflow):
     ("train_thread=2", "unknown top-level key(s) ['train_thread']"),
     ("experiments={table2: {ways: many}}",
      "experiments.table2: ways: must be an integer or a list of integers, got 'many'"),
+    ("experiments={fig7: {alpha: 0.1}}",
+     "experiments.fig7: ['alpha'] would not reach the runs of `from: table2`"),
+    ("experiments={fig7: {also: [fig8]}}", "experiments.fig7: 'fig8' is not an experiment"),
 ])
 def test_a_wrong_setting_stops_before_any_job(workflow, override, message):
     result = snakemake(workflow, "-n", "table2", "--config", override)

@@ -1,8 +1,9 @@
 """The training runs behind each table and figure: the workflow's grid expansion.
 
 Each entry of ``experiments:`` in the workflow's configuration names its dataset and settings;
-list values span a grid, ``splits: [[n, t], ...]`` pairs workers with tasks per step, and
-``from: NAME`` reuses the runs of another experiment. ``workflow/rules/common.smk`` and
+list values span a grid, ``splits: [[n, t], ...]`` pairs workers with tasks per step,
+``from: NAME`` takes the settings and run folders of another experiment (its own grid keys
+over them) and ``also: [NAME, ...]`` adds the runs of others. ``workflow/rules/common.smk`` and
 ``dmaml plan`` both expand the grid here, so the plan lists exactly the runs Snakemake trains.
 Every function takes the (validated, defaults filled) workflow configuration as ``config``.
 """
@@ -29,16 +30,24 @@ GRID = {
 }
 INTEGER_GRID_KEYS = {"ways", "shots", "workers", "steps_per_run", "tasks_per_step", "seeds"}
 # experiment keys that shape the grid or the report, not a training run
-REPORT_KEYS = {"from", "splits", "test_shots", "max_step", "sum_beta_per_task", "title"}
+REPORT_KEYS = {"from", "also", "splits", "test_shots", "max_step", "sum_beta_per_task", "title"}
 
 
 def settings(config: dict, name: str) -> dict:
     """An experiment's settings: the dataset's Table 6 values, the `train:` defaults, then its
-    own (an experiment with `from:` reuses the runs of another)."""
+    own. An experiment with `from: OTHER` has OTHER's settings with its own grid and report keys
+    over them (:func:`check_experiments` allows no others), and its runs live in OTHER's run
+    folders (:func:`home`), so a run the two share trains once."""
     exp = config["experiments"][name]
     if "from" in exp:
-        return settings(config, exp["from"])
+        return {**settings(config, exp["from"]), **{k: v for k, v in exp.items() if k != "from"}}
     return {**DATASET_DEFAULTS[exp["dataset"]], **config["train"], **exp}
+
+
+def home(config: dict, name: str) -> str:
+    """The experiment whose run folders hold an experiment's runs: the end of its `from:`."""
+    exp = config["experiments"][name]
+    return home(config, exp["from"]) if "from" in exp else name
 
 
 def as_list(value) -> list:
@@ -48,17 +57,18 @@ def as_list(value) -> list:
 
 def runs(config: dict, name: str) -> list[dict]:
     """The wildcards of every run of an experiment: the product of its list-valued grid keys
-    (with `splits: [[n, t], ...]` pairing workers and tasks per step instead)."""
+    (with `splits: [[n, t], ...]` pairing workers and tasks per step instead), then the runs of
+    the experiments it names in `also: [NAME, ...]`."""
     exp = settings(config, name)
     grid = {w: as_list(exp[k]) for k, w in GRID.items()}
     pairs = exp.get("splits") or list(itertools.product(grid["workers"], grid["t"]))
     keys = ("dataset", "ways", "shots", "m", "merge", "reduction", "seed")
-    experiment = config["experiments"][name].get("from", name)
-    return [
-        {"experiment": experiment, "workers": n, "t": t, **dict(zip(keys, values))}
+    own = [
+        {"experiment": home(config, name), "workers": n, "t": t, **dict(zip(keys, values))}
         for values in itertools.product(*(grid[k] for k in keys))
         for n, t in pairs
     ]
+    return own + [w for other in exp.get("also", []) for w in runs(config, other)]
 
 
 def run_settings(config: dict, experiment: str, dataset: str, ways, shots, workers, m, t,
@@ -104,6 +114,18 @@ def check_experiments(config: dict, where: str = "config.yaml") -> None:
                 f"{where}, {section}: unknown key(s) {unknown}; known keys are "
                 f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}"
             )
+        if "from" in values:
+            training = sorted(set(values) - set(GRID) - REPORT_KEYS)
+            if training:
+                raise ConfigError(
+                    f"{where}, {section}: {training} would not reach the runs of `from: "
+                    f"{values['from']}` (an experiment with `from:` may set grid keys "
+                    f"{sorted(GRID)} and report keys only); give the experiment its own "
+                    "settings instead of `from:`")
+        for other in [values.get("from"), *values.get("also", [])]:
+            if other is not None and other not in config["experiments"]:
+                raise ConfigError(f"{where}, {section}: {other!r} is not an experiment; known: "
+                                  f"{sorted(config['experiments'])}")
         for key in INTEGER_GRID_KEYS & set(values):
             if not all(type(v) is int for v in as_list(values[key])):
                 raise ConfigError(

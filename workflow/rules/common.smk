@@ -86,7 +86,7 @@ def miniimagenet_aggregate(wildcards):
 
 RUN_ID = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/seed{seed}"
 RUN = f"results/runs/{RUN_ID}"
-FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split"}
+FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split", "fig7": "merge"}
 SRC = Path(workflow.basedir, "src", "dmaml")
 # Modules that cannot change a run's numbers, so editing them re-runs no training: the command
 # line, benchmarks and the plan, the grid expansion (a run's settings reach it as flags), run

@@ -6,7 +6,7 @@ PAPER = str(Path(workflow.basedir, "workflow", "paper", "tables.csv"))
 
 
 rule make_table:
-    """Tables 2-5: test scores at each checkpoint step, best seed per row."""
+    """Tables 2-5 and 7: test scores at each checkpoint step, best seed per row."""
     input:
         runs=lambda wildcards: [f"{d}/run.json" for d in run_dirs(wildcards.table)],
         paper=PAPER,
@@ -85,7 +85,7 @@ rule make_reproduction:
 
 
 rule plot_figure:
-    """Figures 3-6: validation curves, mean and std over seeds."""
+    """Figures 3-7: validation curves, mean and std over seeds."""
     input:
         runs=lambda wildcards: [f"{d}/run.json" for d in run_dirs(wildcards.figure)],
         code=REPORT_CODE,
@@ -100,7 +100,7 @@ rule plot_figure:
     log:
         "logs/plot_figure/{figure}.log",
     wildcard_constraints:
-        figure="fig[3-6]",
+        figure="fig[3-7]",
     conda:
         "../../envs/dmaml.yaml"
     params:
