@@ -77,15 +77,27 @@ def layer_flops(model, example_shape: tuple[int, ...]) -> list[int]:
             for op in graph.get_operations() if op.type in ("Conv2D", "MatMul")]
 
 
-def flops_per_step(cfg) -> float:
-    """FLOPs of one MAML step of one worker (see the module docstring)."""
+def _flops(cfg) -> tuple[float, float]:
+    """F and F1 of ``cfg``'s model (see the module docstring)."""
     from dmaml import models
 
     layers = layer_flops(models.for_config(cfg), EXAMPLE_SHAPES[cfg.dataset])
-    f, f1 = sum(layers), layers[0]
+    return float(sum(layers)), float(layers[0])
+
+
+def flops_per_step(cfg) -> float:
+    """FLOPs of one MAML step of one worker (see the module docstring)."""
+    f, f1 = _flops(cfg)
     support, query = cfg.inner_steps * cfg.ways * cfg.shots, cfg.ways * cfg.queries
     inner = support * (3 * f - f1 if cfg.first_order else 9 * f - 5 * f1)
-    return float(cfg.tasks_per_step * (inner + query * (3 * f - f1)))
+    return cfg.tasks_per_step * (inner + query * (3 * f - f1))
+
+
+def eval_flops(cfg) -> float:
+    """FLOPs of evaluating one task: ``eval_inner_steps`` gradient steps on the support set
+    (nothing differentiated through them) and a forward pass of the query set."""
+    f, f1 = _flops(cfg)
+    return cfg.eval_inner_steps * cfg.ways * cfg.shots * (3 * f - f1) + cfg.ways * cfg.queries * f
 
 
 def make_data(folder: Path) -> dict[str, str]:
@@ -178,12 +190,14 @@ def step_alone(engine, theta: dict, states: dict, step: int):
 
 
 def measure(spec: dict) -> dict:
-    """One configuration, in this process (see the module docstring)."""
+    """One configuration, in this process (see the module docstring): a standard workload by
+    name, or ``spec["settings"]`` (run settings) instead."""
     from dmaml import config, merge, models, optimizer
     from dmaml.engines import create
     from dmaml.tasks import INIT, task_rng
 
-    settings = {**WORKLOADS[spec["workload"]], "workers": spec["n"], "steps_per_run": 1,
+    settings = {**(spec.get("settings") or WORKLOADS[spec["workload"]]), "workers": spec["n"],
+                "steps_per_run": 1,
                 "first_order": spec["order"] == "first", "engine": spec["engine"],
                 "steps": spec["warmup"] + spec["steps"], "eval_every": 1}
     if settings["dataset"] != "sine":

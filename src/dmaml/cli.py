@@ -24,6 +24,7 @@ from dmaml.bench import add_command as add_bench_command
 from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
 from dmaml.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted, UserError
+from dmaml.plan import add_command as add_plan_command
 from dmaml.status import add_command as add_status_command
 
 log = logging.getLogger("dmaml")
@@ -363,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
     add_bench_command(sub)
+    add_plan_command(sub)
     add_status_command(sub)
     return parser
 

@@ -1,0 +1,394 @@
+"""``dmaml plan``: what a workflow configuration will cost, before it starts.
+
+Per table and figure (Snakemake target): its training runs, MAML steps, tasks, estimated
+core-hours and wall time on ``--cores`` cores, and the total over distinct runs (Figure 3 reuses
+Table 2's runs: they are counted once). The runs come from :mod:`dmaml.grid`, the expansion the
+workflow itself makes, over the configuration Snakemake reads: the workflow folder's
+``config.yaml``, then each ``--configfile`` merged over it key by key, checked against
+``workflow/schemas/config.schema.yaml`` with its defaults filled in.
+
+A run's estimate is measured, not guessed. Per distinct workload (dataset, ways, shots, queries,
+inner steps, order, t, n, engine and the threads Snakemake gives the job: ``min(n,
+train_threads, cores)``) one fresh process makes a few compiled MAML steps on synthetic data of
+the real shapes (``dmaml bench``'s measurement: seconds per step as training sees them) and
+evaluates a few validation tasks; the first step's and the first evaluation's extra seconds are
+its compilation, counted once per run (twice for evaluation with tests: the validation and the
+test batches compile apart). Workers beyond the threads are measured at n = threads and scaled
+linearly. Measurements are cached (``--cache``, keyed by processor and cores), so a second plan
+is instant. ``--costs`` takes a ``dmaml bench`` JSON-lines file instead: seconds per task of the
+nearest measured n, scaled to the run's t and n, evaluation from the FLOP ratio of an evaluated
+to a trained task.
+
+One run costs ``startup + compile + steps * step_s + (validations * val_tasks + tests *
+test_tasks) * task_s``, validations at every ``eval_every`` steps reached (and the last), tests at
+each checkpoint step. Its core-seconds are that times its threads; the wall time packs the jobs,
+longest first, onto the cores as Snakemake's scheduler does (a job waits for free cores). Data
+preparation and the report jobs (seconds each) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from dmaml import grid
+from dmaml.config import RunConfig, resolve
+from dmaml.errors import ConfigError
+
+log = logging.getLogger("dmaml")
+
+SCHEMA = Path("workflow", "schemas", "config.schema.yaml")
+# Targets that stand for several experiments (the Snakefile's rules of the same names).
+GROUPS = {"figures": "fig", "all": ""}
+MEASURE_STEPS = 3  # timed MAML steps per workload, after one that compiles
+EVAL_TASKS = 32  # most evaluation tasks timed per workload
+
+
+def load_config(folder: Path, configfiles: list[Path]) -> dict:
+    """The workflow configuration as Snakemake reads it: ``folder/config.yaml``, then each of
+    ``configfiles`` merged over it, validated with the schema's defaults filled in."""
+    from snakemake.utils import update_config, validate
+
+    config: dict = {}
+    for path in [folder / "config.yaml", *configfiles]:
+        try:
+            values = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"configfile {path}: cannot be read ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"configfile {path}: not valid YAML ({e})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"configfile {path}: must be a mapping of keys (config.yaml's "
+                              f"layout), got {type(values).__name__}")
+        update_config(config, values)
+    where = ", ".join(map(str, configfiles)) or "config.yaml"
+    known = yaml.safe_load((folder / SCHEMA).read_text())["properties"]
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ConfigError(f"configfile {where}: unknown top-level key(s) {unknown}; known keys "
+                          f"are {sorted(known)} ({SCHEMA})")
+    try:
+        validate(config, str(folder / SCHEMA))
+    except Exception as e:  # snakemake's WorkflowError, with jsonschema's message
+        raise ConfigError(f"configfile {where}: {e}") from None
+    grid.check_experiments(config)
+    return config
+
+
+def experiments_of(config: dict, targets: list[str]) -> dict[str, list[str]]:
+    """The experiments behind each target: an experiment's name (``table2``, ``fig3``,
+    ``fig3_wall``), ``reproduction`` (its tables), ``figures`` or ``all`` [default]."""
+    known = list(config["experiments"])
+    chosen = {}
+    for target in targets or ["all"]:
+        name = target.removesuffix("_wall")
+        if target in GROUPS:
+            chosen.update({e: [e] for e in known if e.startswith(GROUPS[target])})
+        elif target == "reproduction":
+            chosen.update({e: [e] for e in config["reproduction"]})
+        elif name in known:
+            chosen[name] = [name]
+        else:
+            raise ConfigError(f"dmaml plan: unknown target {target!r}; targets are the "
+                              f"experiments {known}, their *_wall figures, reproduction, "
+                              f"{', '.join(GROUPS)}")
+    return chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training job: its folder's name and settings, and the threads it gets."""
+
+    name: str
+    cfg: RunConfig
+    threads: int
+
+
+def runs_of(config: dict, experiment: str, cores: int) -> list[Run]:
+    """The training jobs of an experiment, as the workflow makes them."""
+    jobs = []
+    for w in grid.runs(config, experiment):
+        cfg = resolve(RunConfig(**grid.run_settings(config, **w)))
+        threads = min(cfg.workers, config["train_threads"], cores)
+        name = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/" \
+               "seed{seed}".format(**w)
+        jobs.append(Run(name, dataclasses.replace(cfg, threads=threads), threads))
+    return jobs
+
+
+def workload(run: Run) -> dict:
+    """What a run's seconds per step depend on (its measurement's cache key)."""
+    c = run.cfg
+    return dict(dataset=c.dataset, ways=c.ways, shots=c.shots, queries=c.queries,
+                inner_steps=c.inner_steps, eval_inner_steps=c.eval_inner_steps,
+                first_order=c.first_order, tasks_per_step=c.tasks_per_step,
+                workers=min(c.workers, run.threads), engine=c.engine, threads=run.threads)
+
+
+def machine() -> str:
+    """This machine, as measurements are keyed: processor and cores."""
+    from dmaml.engines.processes import cores
+
+    return f"{platform.processor() or platform.machine()}, {cores()} cores"
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+def measure_one(spec: dict) -> dict:
+    """In this (fresh) process: seconds per MAML step, its compilation, and seconds per
+    evaluated task of one workload (``spec``: :func:`workload` and synthetic ``data`` files)."""
+    from dmaml import bench, config, models
+    from dmaml.engines import set_threads
+    from dmaml.evaluate import Evaluator
+    from dmaml.tasks import INIT, make_sampler, task_rng
+
+    key = spec["workload"]
+    set_threads(key["threads"])
+    settings = {k: v for k, v in key.items() if k not in ("workers", "first_order", "engine")}
+    record = bench.measure(dict(workload="plan", settings=settings, n=key["workers"],
+                                engine=key["engine"], order="first" if key["first_order"]
+                                else "second", steps=MEASURE_STEPS, warmup=1, budget=0,
+                                processes=None, data=spec["data"]))
+    cfg = config.load(None, {**settings, "data": spec["data"].get(key["dataset"])})
+    model = models.for_config(cfg)
+    evaluator = Evaluator(model, make_sampler(cfg, "val"), "val", EVAL_TASKS, cfg.eval_seed,
+                          cfg.alpha, cfg.eval_inner_steps)
+    theta = model.init(task_rng(cfg.seed, INIT))
+    first, again = (bench._timed(lambda: evaluator(theta)) for _ in range(2))
+    return dict(workload=key, step_s=record["median_s"],
+                compile_s=max(record["first_run_s"] - record["median_s"], 0.0),
+                task_s=again / EVAL_TASKS, eval_compile_s=max(first - again, 0.0))
+
+
+def startup_s() -> float:
+    """Seconds a training job's process takes to start and import its modules."""
+    import subprocess
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import dmaml.learner"], check=True)
+    return time.perf_counter() - start
+
+
+def measured_costs(keys: list[dict], cache: Path) -> dict[str, dict]:
+    """Costs of each workload (by its JSON key), from ``cache`` where this machine measured it
+    before, else measured now, each in a fresh process, and added to the cache."""
+    import subprocess
+
+    from dmaml import bench
+
+    here = machine()
+    known = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("machine") == here:
+                known[json.dumps(r.get("workload"), sort_keys=True)] = r
+    todo = [k for k in keys if json.dumps(k, sort_keys=True) not in known]
+    if '"startup"' not in known:
+        todo.insert(0, None)
+    if todo:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dmaml-plan-") as folder, open(cache, "a") as out:
+        data = bench.make_data(Path(folder)) if todo else {}
+        for key in todo:
+            if key is None:
+                record = dict(workload="startup", seconds=startup_s())
+            else:
+                log.info("measuring %s", key)
+                done = subprocess.run([sys.executable, "-m", "dmaml.plan", "--one",
+                                       json.dumps(dict(workload=key, data=data))],
+                                      capture_output=True, text=True)
+                lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+                if done.returncode or not lines:
+                    raise RuntimeError(f"measuring {key} failed:\n{done.stderr[-2000:]}")
+                record = json.loads(lines[-1])
+            record["machine"] = here
+            out.write(json.dumps(record) + "\n")
+            known[json.dumps(record["workload"], sort_keys=True)] = record
+    return known
+
+
+def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
+    """Costs of each workload from a ``dmaml bench`` JSON-lines file: the record of the same
+    dataset, ways, shots and order (the engine's if measured) nearest in n, per task scaled to
+    the workload's t and n; evaluation per task by the FLOP ratio of an evaluated task to a
+    trained one."""
+    from dmaml import bench, config
+
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--costs {path}: not a `dmaml bench --out` JSON-lines file ({e})") \
+            from None
+    startup = next((r["seconds"] for r in records if r.get("workload") == "startup"), 5.0)
+    costs = {'"startup"': dict(workload="startup", seconds=startup)}
+    for key in keys:
+        cfg = config.load(None, {k: v for k, v in key.items() if k not in ("workers", "engine")})
+
+        def same(r, cfg=cfg):
+            w = bench.WORKLOADS.get(r.get("workload"), {})
+            return ("median_s" in r and w.get("dataset") == cfg.dataset
+                    and (r["order"] == "first") == cfg.first_order
+                    and all(w.get(k, 1) == getattr(cfg, k) for k in ("ways", "shots")))
+
+        found = sorted((r for r in records if same(r)),
+                       key=lambda r: (r["engine"] != key["engine"], abs(r["n"] - key["workers"])))
+        if not found:
+            raise ConfigError(f"--costs {path}: no measurement of {cfg.dataset} "
+                              f"{cfg.ways}-way {cfg.shots}-shot, "
+                              f"{'first' if cfg.first_order else 'second'} order; leave "
+                              "--costs out to measure it now")
+        r = found[0]
+        measured = config.load(None, {**bench.WORKLOADS[r["workload"]],
+                                      "first_order": cfg.first_order})
+        per_task = r["median_s"] / (r["n"] * measured.tasks_per_step)
+        trained = bench.flops_per_step(cfg) / cfg.tasks_per_step
+        costs[json.dumps(key, sort_keys=True)] = dict(
+            workload=key, step_s=per_task * key["workers"] * cfg.tasks_per_step,
+            compile_s=max(r.get("first_run_s", r["median_s"]) - r["median_s"], 0.0),
+            task_s=per_task * bench.eval_flops(cfg) / trained, eval_compile_s=0.0)
+    return costs
+
+
+# --- arithmetic ---------------------------------------------------------------------------------
+
+def run_seconds(run: Run, cost: dict, startup: float) -> float:
+    """Wall seconds of one training job (see the module docstring)."""
+    c = run.cfg
+    reached = range(c.steps_per_run, c.steps + 1, c.steps_per_run)
+    validations = sum(1 for k in reached if k % c.eval_every == 0 or k == c.steps)
+    tests = sum(1 for k in c.checkpoint_steps if k in reached) if c.test_tasks else 0
+    scale = c.workers / min(c.workers, run.threads)
+    return (startup + cost["compile_s"] + cost["eval_compile_s"] * (1 + (tests > 0))
+            + c.steps * cost["step_s"] * scale
+            + (validations * c.val_tasks + tests * c.test_tasks) * cost["task_s"])
+
+
+def wall_seconds(jobs: list[tuple[float, int]], cores: int) -> float:
+    """Seconds until ``jobs`` (seconds, threads) finish on ``cores`` cores, longest first, each
+    started as soon as its threads are free."""
+    running: list[tuple[float, int]] = []
+    now, free = 0.0, cores
+    for seconds, threads in sorted(jobs, reverse=True):
+        while free < threads:
+            now, released = heapq.heappop(running)
+            free += released
+        heapq.heappush(running, (now + seconds, threads))
+        free -= threads
+    return max([now, *(end for end, _ in running)])
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the plan."""
+
+    target: str
+    runs: int
+    steps: int
+    tasks: int
+    core_s: float
+    wall_s: float
+    shared: int = 0  # runs already counted by an earlier target
+
+
+def plan(config: dict, targets: list[str], cores: int, costs: dict[str, dict]) -> list[Row]:
+    """Rows per target and a total over distinct runs, from ``costs`` of every workload."""
+    startup = costs['"startup"']["seconds"]
+    seconds = {}
+    rows = []
+    for target, experiments in experiments_of(config, targets).items():
+        runs = [r for e in experiments for r in runs_of(config, e, cores)]
+        jobs = []
+        for r in runs:
+            cost = costs[json.dumps(workload(r), sort_keys=True)]
+            jobs.append((run_seconds(r, cost, startup), r.threads))
+        rows.append(Row(target, len(runs), sum(r.cfg.steps for r in runs),
+                        sum(r.cfg.steps * r.cfg.workers * r.cfg.tasks_per_step for r in runs),
+                        sum(s * t for s, t in jobs), wall_seconds(jobs, cores),
+                        sum(r.name in seconds for r in runs)))
+        for r, job in zip(runs, jobs):
+            seconds.setdefault(r.name, (r, job))
+    distinct = list(seconds.values())
+    rows.append(Row("total", len(distinct), sum(r.cfg.steps for r, _ in distinct),
+                    sum(r.cfg.steps * r.cfg.workers * r.cfg.tasks_per_step for r, _ in distinct),
+                    sum(s * t for _, (s, t) in distinct),
+                    wall_seconds([job for _, job in distinct], cores)))
+    return rows
+
+
+def duration(seconds: float) -> str:
+    """``1 h 05 min``, ``3 min 20 s`` or ``12 s``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{seconds:.0f} s"
+
+
+def table(rows: list[Row], cores: int) -> str:
+    """The plan as a Markdown table."""
+    lines = [f"| target | runs | MAML steps | tasks | core-hours | wall on {cores} cores |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        shared = f" ({r.shared} shared)" if r.shared else ""
+        lines.append(f"| {r.target} | {r.runs}{shared} | {r.steps} | {r.tasks} | "
+                     f"{r.core_s / 3600:.2f} | {duration(r.wall_s)} |")
+    return "\n".join(lines)
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``dmaml plan``."""
+    p = subparsers.add_parser(
+        "plan", help="runs, MAML steps, core-hours and wall time of a workflow configuration",
+        description="Estimate what `snakemake TARGETS --configfile FILES` will train and how long "
+                    "it takes, from per-step costs measured on this machine (cached) or taken "
+                    "from a `dmaml bench --out` file.")
+    p.add_argument("targets", nargs="*", help="tables and figures (table2, fig3, fig3_wall, "
+                   "reproduction, figures, all) [default: all]")
+    p.add_argument("--configfile", type=Path, nargs="+", action="extend", default=[],
+                   help="files merged over config.yaml in order, as Snakemake's --configfile")
+    p.add_argument("--directory", type=Path, default=Path("."),
+                   help="the workflow folder (its config.yaml and schema) [default: .]")
+    p.add_argument("--cores", type=int, help="cores of the run [default: this machine's]")
+    p.add_argument("--costs", type=Path, help="a `dmaml bench --out` JSON-lines file instead of "
+                   "measuring")
+    p.add_argument("--cache", type=Path, help="measured costs of this machine "
+                   "[default: DIRECTORY/resources/plan-costs.jsonl]")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan of the configuration and targets."""
+    from dmaml.engines.processes import cores as available
+
+    cores = args.cores or available()
+    if cores < 1:
+        raise ConfigError(f"dmaml plan: --cores must be at least 1, got {cores}")
+    config = load_config(args.directory, args.configfile)
+    chosen = experiments_of(config, args.targets)
+    keys = {json.dumps(workload(r), sort_keys=True): workload(r)
+            for experiments in chosen.values() for e in experiments
+            for r in runs_of(config, e, cores)}
+    costs = (bench_costs(list(keys.values()), args.costs) if args.costs else
+             measured_costs(list(keys.values()),
+                            args.cache or args.directory / "resources" / "plan-costs.jsonl"))
+    rows = plan(config, args.targets, cores, costs)
+    source = f"costs from {args.costs}" if args.costs else f"costs measured on {machine()}"
+    print(f"{table(rows, cores)}\n\n{source}; wall time: jobs packed onto {cores} cores, "
+          "data preparation and report jobs not counted")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(measure_one(json.loads(sys.argv[2]))), flush=True)
