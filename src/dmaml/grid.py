@@ -16,6 +16,8 @@ from dmaml.config import DATASET_DEFAULTS, RunConfig, resolve
 from dmaml.config import FIELDS as RUN_FIELDS
 from dmaml.errors import ConfigError
 
+# a run folder's name under results/runs/, from its wildcards
+RUN_ID = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/seed{seed}"
 # experiment key -> wildcard of a run folder
 GRID = {
     "dataset": "dataset",

@@ -120,9 +120,7 @@ def runs_of(config: dict, experiment: str, cores: int) -> list[Run]:
     for w in grid.runs(config, experiment):
         cfg = resolve(RunConfig(**grid.run_settings(config, **w)))
         threads = min(cfg.workers, config["train_threads"], cores)
-        name = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/" \
-               "seed{seed}".format(**w)
-        jobs.append(Run(name, dataclasses.replace(cfg, threads=threads), threads))
+        jobs.append(Run(grid.RUN_ID.format(**w), dataclasses.replace(cfg, threads=threads), threads))
     return jobs
 
 

@@ -84,7 +84,7 @@ def miniimagenet_aggregate(wildcards):
 # grid. A run folder is named from its wildcards, and every other setting reaches the job
 # through `params:`, so changing one re-runs exactly the jobs that use it.
 
-RUN_ID = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/seed{seed}"
+RUN_ID = grid.RUN_ID
 RUN = f"results/runs/{RUN_ID}"
 FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split", "fig7": "merge"}
 SRC = Path(workflow.basedir, "src", "dmaml")

@@ -1,0 +1,138 @@
+"""Tests of dmaml.plan: the runs it plans are those the workflow trains, its cost arithmetic,
+the measured-costs cache and its errors. No timing is asserted (the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dmaml import cli, plan
+
+from .conftest import ROOT
+from .test_workflow import copy_workflow, planned, snakemake
+
+QUICK = [ROOT / "presets" / "quick.yaml"]
+
+
+def fixed_costs(config: dict, targets: list[str], cores: int, **cost) -> dict[str, dict]:
+    """The same costs for every workload of the targets' runs."""
+    costs = {'"startup"': dict(workload="startup", seconds=2.0)}
+    for experiments in plan.experiments_of(config, targets).values():
+        for e in experiments:
+            for run in plan.runs_of(config, e, cores):
+                key = plan.workload(run)
+                costs[json.dumps(key, sort_keys=True)] = dict(workload=key, **cost)
+    return costs
+
+
+@pytest.mark.parametrize("targets", [["table2", "fig3"], ["fig7"], ["table1", "fig5", "fig6"]])
+def test_runs_and_steps_are_what_the_workflow_trains(tmp_path, targets):
+    flow = copy_workflow(tmp_path / "flow")
+    dry = snakemake(flow, "-n", "-p", *targets, "--configfile", "presets/quick.yaml")
+    commands = [line for line in dry.stdout.splitlines() if "dmaml.cli train" in line]
+    config = plan.load_config(flow, [flow / "presets" / "quick.yaml"])
+    total = plan.plan(config, targets, 2, fixed_costs(config, targets, 2, step_s=0.1,
+                      compile_s=1.0, task_s=0.01, eval_compile_s=1.0))[-1]
+    assert total.target == "total"
+    assert total.runs == planned(dry)["train_dmaml"] == len(commands)
+    assert total.steps == sum(int(re.search(r"--steps (\d+)", c)[1]) for c in commands)
+
+
+def test_cost_arithmetic_of_the_quick_preset():
+    config = plan.load_config(ROOT, QUICK)
+    costs = fixed_costs(config, ["table2"], 2, step_s=0.1, compile_s=10.0, task_s=0.01,
+                        eval_compile_s=5.0)
+    rows = plan.plan(config, ["table2", "fig3"], 2, costs)
+    # n = 1 and 2: startup 2 + compile 10 + 2 x 5 (validation and test batches) + 200 steps x
+    # 0.1 + (10 validations x 20 + 3 tests x 200 tasks) x 0.01 = 50 s; n = 4 on 2 threads:
+    # its steps take twice as long, 70 s. Two seeds each.
+    assert [(r.target, r.runs, r.shared, r.steps) for r in rows] == [
+        ("table2", 6, 0, 1200), ("fig3", 6, 6, 1200), ("total", 6, 0, 1200)]
+    total = rows[-1]
+    assert total.core_s == pytest.approx(2 * (50 * 1 + 50 * 2 + 70 * 2))
+    # 2 cores: the n = 4 runs one after the other, then n = 2, then both n = 1 side by side
+    assert total.wall_s == pytest.approx(70 + 70 + 50 + 50 + 50)
+    assert "| total | 6 | 1200 | 22400 | 0.16 | 4 min 50 s |" in plan.table(rows, 2)
+
+
+def test_wall_time_packs_jobs_onto_the_cores():
+    assert plan.wall_seconds([(10, 1), (10, 1), (10, 1)], 2) == 20
+    assert plan.wall_seconds([(30, 2), (10, 1), (10, 1)], 2) == 40
+    assert plan.wall_seconds([(30, 1), (10, 1), (10, 1), (10, 1)], 2) == 30
+
+
+def test_costs_from_a_bench_file(tmp_path):
+    config = plan.load_config(ROOT, QUICK)
+    runs = plan.runs_of(config, "table2", 4)
+    keys = [plan.workload(r) for r in runs]
+    path = tmp_path / "bench.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"kind": "matmul_peak", "gflops": 199.0},
+        dict(workload="omniglot-5w1s", order="second", n=1, engine="vectorized", median_s=0.32,
+             first_run_s=10.32),
+        dict(workload="omniglot-5w1s", order="second", n=4, engine="vectorized", median_s=0.8,
+             first_run_s=12.8),
+    ]) + "\n")
+    costs = plan.bench_costs(keys, path)
+    one = costs[json.dumps(plan.workload(runs[0]), sort_keys=True)]
+    # 0.32 s for 1 worker x 32 tasks: 0.01 s a task; the run's t = 8 tasks of 1 worker
+    assert one["step_s"] == pytest.approx(0.08) and one["compile_s"] == pytest.approx(10.0)
+    assert 0 < one["task_s"] < 0.01  # an evaluated task does less than a trained one
+    def step_s(n):
+        return costs[json.dumps(next(plan.workload(r) for r in runs if r.cfg.workers == n),
+                                sort_keys=True)]["step_s"]
+
+    assert step_s(2) == pytest.approx(0.01 * 2 * 8)  # from the nearest n, 1
+    assert step_s(4) == pytest.approx(0.8 / (4 * 32) * 4 * 8)
+
+
+def test_a_second_plan_reads_the_cache(tmp_path, capsys):
+    cache = tmp_path / "costs.jsonl"
+    config = plan.load_config(ROOT, QUICK)
+    costs = fixed_costs(config, ["table2"], 2, step_s=0.1, compile_s=1.0, task_s=0.01,
+                        eval_compile_s=1.0)
+    cache.write_text("".join(json.dumps(dict(c, machine=plan.machine())) + "\n"
+                             for c in costs.values()))
+    before = cache.read_text()
+    assert cli.main(["plan", "table2", "--directory", str(ROOT), "--cores", "2", "--cache",
+                     str(cache), "--configfile", str(QUICK[0])]) == 0
+    assert cache.read_text() == before  # nothing measured
+    assert "| table2 | 6 | 1200 |" in capsys.readouterr().out
+
+
+def test_costs_measured_on_the_spot(tmp_path):
+    config = plan.load_config(ROOT, [])
+    run = plan.runs_of(config, "table1", 1)[0]
+    costs = plan.measured_costs([plan.workload(run)], tmp_path / "costs.jsonl")
+    cost = costs[json.dumps(plan.workload(run), sort_keys=True)]
+    assert cost["step_s"] > 0 and cost["task_s"] > 0 and costs['"startup"']["seconds"] > 0
+    assert len((tmp_path / "costs.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--configfile", "missing.yaml"], "configfile missing.yaml: cannot be read"),
+    (["--configfile", "BAD"], "configfile BAD: must be a mapping of keys"),
+    (["--configfile", "TYPO"], "unknown top-level key(s) ['omniglott']"),
+    (["--configfile", "WRONG"], "experiments.table2: unknown key(s) ['alpah']"),
+    (["table9"], "unknown target 'table9'; targets are the experiments ["),
+])
+def test_bad_input_is_a_clear_error(tmp_path, caplog, argv, message):
+    files = {"BAD": "- a list\n", "TYPO": "omniglott: {source: /x}\n",
+             "WRONG": "experiments: {table2: {alpah: 0.1}}\n"}
+    argv = [str(tmp_path / a) if a in files else a for a in argv]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert cli.main(["plan", "--directory", str(ROOT), "--costs", "none", *argv]) == 2
+    assert message.replace("BAD", str(tmp_path / "BAD")) in caplog.text
+
+
+def test_the_cli_plans_from_a_bench_file(tmp_path, capsys):
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps(dict(workload="omniglot-5w1s", order="second", n=1,
+                                    engine="vectorized", median_s=0.32, first_run_s=10.32)) + "\n")
+    assert cli.main(["plan", "table2", "fig3", "--directory", str(ROOT), "--cores", "2",
+                     "--costs", str(path), "--configfile", str(QUICK[0])]) == 0
+    out = capsys.readouterr().out
+    assert "| fig3 | 6 (6 shared) | 1200 |" in out and f"costs from {path}" in out
