@@ -225,13 +225,18 @@ def test_vectorized_in_task_parts_equals_sequential(engines, dataset):
     engine.close()
 
 
-def test_vectorized_batches_small_tasks_only(data):
+@pytest.mark.parametrize("ways,shots,queries,batched", [
+    (3, 1, 1, True), (5, 3, 1, True),  # 6 and 20 examples: like 5-way and 10-way 1-shot
+    (7, 3, 1, False),  # 28: like 5-way 5-shot with one query (30), 2.2x faster per task
+    (8, 2, 2, False)])  # 32: like 20-way 1-shot (40)
+def test_vectorized_batches_small_tasks_only(data, ways, shots, queries, batched):
     """Tasks of more examples than the model batches well run in the per-task loop."""
-    small = VectorizedEngine(settings("omniglot", data))
-    large = VectorizedEngine(settings("omniglot", data, ways=8, shots=2, queries=2))  # 32
-    assert small.per_task is None and isinstance(large.per_task, SequentialEngine)
-    small.close()
-    large.close()
+    engine = VectorizedEngine(settings("omniglot", data, ways=ways, shots=shots, queries=queries))
+    if batched:
+        assert engine.per_task is None
+    else:
+        assert isinstance(engine.per_task, SequentialEngine)
+    engine.close()
 
 
 def test_vectorized_splits_workers_that_do_not_fit(engines):

@@ -61,8 +61,9 @@ class Model:
     # Up to how many examples a task (support and query sets together) batching pays in a
     # second-order training step; beyond, each task's batch is large enough for native
     # convolutions to win. Omniglot, 2 cores, seconds per MAML step, per-task loop / batched:
-    # 5-way 1-shot (10 examples) 0.244 / 0.153, 10-way 1-shot 0.380 / 0.302, 20-way 1-shot
-    # (t = 16) 0.326 / 0.408, 5-way 5-shot (50 examples) 0.839 / 1.057.
+    # 5-way 1-shot (10 examples) 0.244 / 0.153, 10-way 1-shot (20) 0.380 / 0.302, 20-way 1-shot
+    # (t = 16, 40) 0.326 / 0.408, 5-way 5-shot with 5 queries (50) 0.839 / 1.057, and with the
+    # paper's one query (30, t = 32; benchmarks/speed_paths.py) 0.784 / 1.76.
     batch_examples: float = math.inf
 
     def example_losses(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -230,7 +231,7 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
 
     name = f"conv4-{filters}{'-maxpool' if max_pool else '-stride2'}"
     return Model(name, init, apply, classification=True, batched=batched, flops=flops,
-                 activations=activations, batch_tasks=not max_pool, batch_examples=30)
+                 activations=activations, batch_tasks=not max_pool, batch_examples=20)
 
 
 def for_config(cfg) -> Model:
