@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from dmaml import cli, plan
+from dmaml import bench, cli, plan
 
 from .conftest import ROOT
 from .test_workflow import copy_workflow, planned, snakemake
@@ -86,6 +86,12 @@ def test_costs_from_a_bench_file(tmp_path):
 
     assert step_s(2) == pytest.approx(0.01 * 2 * 8)  # from the nearest n, 1
     assert step_s(4) == pytest.approx(0.8 / (4 * 32) * 4 * 8)
+    # Table 3's 5-shot tasks: the 1-shot record's seconds per FLOP
+    five = plan.runs_of(config, "table3", 4)[0]
+    cost = plan.bench_costs([plan.workload(five)], path)[json.dumps(plan.workload(five),
+                                                                     sort_keys=True)]
+    ratio = bench.flops_per_step(five.cfg) / bench.flops_per_step(runs[0].cfg)
+    assert cost["step_s"] == pytest.approx(0.08 * ratio)
 
 
 def test_a_second_plan_reads_the_cache(tmp_path, capsys):
@@ -117,13 +123,15 @@ def test_costs_measured_on_the_spot(tmp_path):
     (["--configfile", "TYPO"], "unknown top-level key(s) ['omniglott']"),
     (["--configfile", "WRONG"], "experiments.table2: unknown key(s) ['alpah']"),
     (["table9"], "unknown target 'table9'; targets are the experiments ["),
+    (["--costs", "EMPTY"], "no measurement of sine, second order"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, caplog, argv, message):
     files = {"BAD": "- a list\n", "TYPO": "omniglott: {source: /x}\n",
-             "WRONG": "experiments: {table2: {alpah: 0.1}}\n"}
+             "WRONG": "experiments: {table2: {alpah: 0.1}}\n", "EMPTY": "\n"}
     argv = [str(tmp_path / a) if a in files else a for a in argv]
     for name, text in files.items():
         (tmp_path / name).write_text(text)
+    # (a later --costs replaces "none")
     assert cli.main(["plan", "--directory", str(ROOT), "--costs", "none", *argv]) == 2
     assert message.replace("BAD", str(tmp_path / "BAD")) in caplog.text
 

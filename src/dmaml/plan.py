@@ -218,9 +218,9 @@ def measured_costs(keys: list[dict], cache: Path) -> dict[str, dict]:
 
 def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
     """Costs of each workload from a ``dmaml bench`` JSON-lines file: the record of the same
-    dataset, ways, shots and order (the engine's if measured) nearest in n, per task scaled to
-    the workload's t and n; evaluation per task by the FLOP ratio of an evaluated task to a
-    trained one."""
+    dataset and order (of the same task shape and engine where measured) nearest in n, its
+    seconds per FLOP times the workload's FLOPs (:func:`dmaml.bench.flops_per_step` for a MAML
+    step, :func:`dmaml.bench.eval_flops` for an evaluated task)."""
     from dmaml import bench, config
 
     try:
@@ -236,25 +236,28 @@ def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
         def same(r, cfg=cfg):
             w = bench.WORKLOADS.get(r.get("workload"), {})
             return ("median_s" in r and w.get("dataset") == cfg.dataset
-                    and (r["order"] == "first") == cfg.first_order
-                    and all(w.get(k, 1) == getattr(cfg, k) for k in ("ways", "shots")))
+                    and (r["order"] == "first") == cfg.first_order)
+
+        def shape(r, cfg=cfg):
+            w = bench.WORKLOADS[r["workload"]]
+            return any(w.get(k, 1) != getattr(cfg, k) for k in ("ways", "shots", "queries",
+                                                                 "inner_steps"))
 
         found = sorted((r for r in records if same(r)),
-                       key=lambda r: (r["engine"] != key["engine"], abs(r["n"] - key["workers"])))
+                       key=lambda r: (shape(r), r["engine"] != key["engine"],
+                                      abs(r["n"] - key["workers"])))
         if not found:
-            raise ConfigError(f"--costs {path}: no measurement of {cfg.dataset} "
-                              f"{cfg.ways}-way {cfg.shots}-shot, "
+            raise ConfigError(f"--costs {path}: no measurement of {cfg.dataset}, "
                               f"{'first' if cfg.first_order else 'second'} order; leave "
                               "--costs out to measure it now")
         r = found[0]
         measured = config.load(None, {**bench.WORKLOADS[r["workload"]],
                                       "first_order": cfg.first_order})
-        per_task = r["median_s"] / (r["n"] * measured.tasks_per_step)
-        trained = bench.flops_per_step(cfg) / cfg.tasks_per_step
+        per_flop = r["median_s"] / (r["n"] * bench.flops_per_step(measured))
         costs[json.dumps(key, sort_keys=True)] = dict(
-            workload=key, step_s=per_task * key["workers"] * cfg.tasks_per_step,
+            workload=key, step_s=per_flop * bench.flops_per_step(cfg) * key["workers"],
             compile_s=max(r.get("first_run_s", r["median_s"]) - r["median_s"], 0.0),
-            task_s=per_task * bench.eval_flops(cfg) / trained, eval_compile_s=0.0)
+            task_s=per_flop * bench.eval_flops(cfg), eval_compile_s=0.0)
     return costs
 
 
