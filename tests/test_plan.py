@@ -69,7 +69,7 @@ def test_costs_from_a_bench_file(tmp_path):
     keys = [plan.workload(r) for r in runs]
     path = tmp_path / "bench.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [
-        {"kind": "matmul_peak", "gflops": 199.0},
+        {"kind": "matmul_peak", "gflops": 199.0, "cores": 2},
         dict(workload="omniglot-5w1s", order="second", n=1, engine="vectorized", median_s=0.32,
              first_run_s=10.32),
         dict(workload="omniglot-5w1s", order="second", n=4, engine="vectorized", median_s=0.8,
@@ -77,21 +77,22 @@ def test_costs_from_a_bench_file(tmp_path):
     ]) + "\n")
     costs = plan.bench_costs(keys, path)
     one = costs[json.dumps(plan.workload(runs[0]), sort_keys=True)]
-    # 0.32 s for 1 worker x 32 tasks: 0.01 s a task; the run's t = 8 tasks of 1 worker
-    assert one["step_s"] == pytest.approx(0.08) and one["compile_s"] == pytest.approx(10.0)
-    assert 0 < one["task_s"] < 0.01  # an evaluated task does less than a trained one
+    # 0.32 s on 2 cores for 1 worker x 32 tasks: 0.02 core-s a task; the run's t = 8 tasks of
+    # 1 worker on 1 thread
+    assert one["step_s"] == pytest.approx(0.16) and one["compile_s"] == pytest.approx(10.0)
+    assert 0 < one["task_s"] < 0.02  # an evaluated task does less than a trained one
     def step_s(n):
         return costs[json.dumps(next(plan.workload(r) for r in runs if r.cfg.workers == n),
                                 sort_keys=True)]["step_s"]
 
-    assert step_s(2) == pytest.approx(0.01 * 2 * 8)  # from the nearest n, 1
-    assert step_s(4) == pytest.approx(0.8 / (4 * 32) * 4 * 8)
+    assert step_s(2) == pytest.approx(0.02 * 2 * 8 / 2)  # from the nearest n, 1; 2 threads
+    assert step_s(4) == pytest.approx(0.8 * 2 / (4 * 32) * 4 * 8 / 4)
     # Table 3's 5-shot tasks: the 1-shot record's seconds per FLOP
     five = plan.runs_of(config, "table3", 4)[0]
     cost = plan.bench_costs([plan.workload(five)], path)[json.dumps(plan.workload(five),
                                                                      sort_keys=True)]
     ratio = bench.flops_per_step(five.cfg) / bench.flops_per_step(runs[0].cfg)
-    assert cost["step_s"] == pytest.approx(0.08 * ratio)
+    assert cost["step_s"] == pytest.approx(0.16 * ratio)
 
 
 def test_a_second_plan_reads_the_cache(tmp_path, capsys):

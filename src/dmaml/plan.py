@@ -219,7 +219,8 @@ def measured_costs(keys: list[dict], cache: Path) -> dict[str, dict]:
 def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
     """Costs of each workload from a ``dmaml bench`` JSON-lines file: the record of the same
     dataset and order (of the same task shape and engine where measured) nearest in n, its
-    seconds per FLOP times the workload's FLOPs (:func:`dmaml.bench.flops_per_step` for a MAML
+    core-seconds per FLOP (the bench's cores from its peak record) times the workload's FLOPs
+    over the job's threads (:func:`dmaml.bench.flops_per_step` for a MAML
     step, :func:`dmaml.bench.eval_flops` for an evaluated task)."""
     from dmaml import bench, config
 
@@ -229,6 +230,7 @@ def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
         raise ConfigError(f"--costs {path}: not a `dmaml bench --out` JSON-lines file ({e})") \
             from None
     startup = next((r["seconds"] for r in records if r.get("workload") == "startup"), 5.0)
+    cores = next((r["cores"] for r in records if r.get("kind") == "matmul_peak" and "cores" in r), 1)
     costs = {'"startup"': dict(workload="startup", seconds=startup)}
     for key in keys:
         cfg = config.load(None, {k: v for k, v in key.items() if k not in ("workers", "engine")})
@@ -253,11 +255,13 @@ def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
         r = found[0]
         measured = config.load(None, {**bench.WORKLOADS[r["workload"]],
                                       "first_order": cfg.first_order})
-        per_flop = r["median_s"] / (r["n"] * bench.flops_per_step(measured))
+        # core-seconds per FLOP: the bench ran on all its cores, a job runs on its threads
+        per_flop = r["median_s"] * cores / (r["n"] * bench.flops_per_step(measured))
         costs[json.dumps(key, sort_keys=True)] = dict(
-            workload=key, step_s=per_flop * bench.flops_per_step(cfg) * key["workers"],
+            workload=key,
+            step_s=per_flop * bench.flops_per_step(cfg) * key["workers"] / key["threads"],
             compile_s=max(r.get("first_run_s", r["median_s"]) - r["median_s"], 0.0),
-            task_s=per_flop * bench.eval_flops(cfg), eval_compile_s=0.0)
+            task_s=per_flop * bench.eval_flops(cfg) / key["threads"], eval_compile_s=0.0)
     return costs
 
 
