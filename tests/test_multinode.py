@@ -12,10 +12,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from .conftest import ROOT
@@ -26,12 +29,15 @@ from .slurm.local_cluster import (
     unavailable_reason,
 )
 from .test_cluster import assert_like_sequential
+from .test_slurm import bounded, finished, stop
+from .test_workflow import copy_workflow
 
 pytestmark = pytest.mark.slurm
 if importlib.util.find_spec("ray") is None:
     pytest.skip("Ray is not installed (pip install 'dmaml[cluster]')", allow_module_level=True)
 
-NODES = {"dmaml-n0": "127.0.0.2", "dmaml-n1": "127.0.0.3"}
+# two for a job, a third for the job that loses one
+NODES = {"dmaml-n0": "127.0.0.2", "dmaml-n1": "127.0.0.3", "dmaml-n2": "127.0.0.4"}
 LAUNCHER = ROOT / "workflow" / "scripts" / "ray_srun.sh"
 JOB_LIMIT = 600  # seconds for one training job; about 60 when all is well
 # 3 workers as 2 actors ([0, 2] and [1]), one per node
@@ -105,5 +111,103 @@ def test_training_across_two_nodes_equals_sequential(cluster, tmp_path):
                        r"actors on (.*)", text)
     assert placed, text
     assert placed[1] == "127.0.0.2, 127.0.0.3"
-    assert sorted(placed[2].split(", ")) == ["127.0.0.2", "127.0.0.3"]  # one actor per node
+    # one actor per node
+    assert sorted(placed[2].split(", ")) == ["dmaml-n0 (127.0.0.2)", "dmaml-n1 (127.0.0.3)"]
+    # its end not held up by Ray's drain on SIGTERM (up to 30 s on each node)
+    assert "Draining for up to" not in text, text
     assert_like_sequential(tmp_path / "run", tmp_path / "sequential")
+
+
+# --- the workflow -------------------------------------------------------------------------------
+
+# Table 1 of one sine run (n = 3, two actors), trained on 2 nodes; long enough (~5 s of training
+# after its first checkpoint) for a node to be lost mid-run.
+WORKFLOW = """\
+train_threads: 2
+cluster_nodes: 2
+train:
+  engine: cluster
+  steps: 300
+  seeds: [0]
+  eval_every: 10
+  val_tasks: 5
+  test_tasks: 20
+experiments:
+  table1:
+    workers: [3]
+    steps_per_run: 2
+    checkpoint_every: 10
+    test_shots: [5]
+"""
+TRAINED = "table1/sine-1w10s-n3-m2-t10-mean-mean/seed0"
+WORKFLOW_LIMIT = 900  # seconds; about 150 when all is well (a node lost, the job retried)
+
+
+@pytest.fixture(scope="module")
+def table1(cluster, tmp_path_factory) -> dict:
+    """Table 1 through `snakemake --profile slurm` with its training job on 2 nodes, the job's
+    second node killed (slurmd, slurmstepd, Ray) once the run has a checkpoint, the job retried
+    by the profile's `retries` on the surviving node and the spare; then the same locally (a local
+    Ray instance, also two actors)."""
+    root = tmp_path_factory.mktemp("table1")
+    on_slurm, local = copy_workflow(root / "on_slurm"), copy_workflow(root / "local")
+    (root / "table1.yaml").write_text(WORKFLOW)
+    config = ["table1", "--configfile", str(root / "table1.yaml")]
+    xdg = root / "xdg"
+    shutil.copytree(ROOT / "profiles" / "slurm", xdg / "snakemake" / "slurm")
+    env = dict(cluster.env, XDG_CONFIG_HOME=str(xdg), DMAML_RAY_ACTORS="2")
+    proc = bounded([sys.executable, "-m", "snakemake", "--profile", "slurm", *config], on_slurm,
+                   env, WORKFLOW_LIMIT, root / "slurm.out")
+    try:
+        latest = on_slurm / "results/runs" / TRAINED / "checkpoints/latest.npz"
+        deadline = time.monotonic() + WORKFLOW_LIMIT
+        while not latest.exists():
+            assert proc.poll() is None, "snakemake ended before the training wrote a checkpoint:" \
+                f"\n{(root / 'slurm.out').read_text()[-6000:]}"
+            assert time.monotonic() < deadline, f"no {latest} in {WORKFLOW_LIMIT} s"
+            time.sleep(0.2)
+        killed = cluster.kill_node("dmaml-n1")
+    except BaseException:
+        stop(proc)
+        raise
+    slurm_out = finished(proc, root / "slurm.out", "snakemake --profile slurm")
+    cluster.start_node("dmaml-n1")  # back for the other tests
+    proc = bounded([sys.executable, "-m", "snakemake", "--cores", "2", *config], local,
+                   dict(os.environ, DMAML_RAY_ACTORS="2"), WORKFLOW_LIMIT, root / "local.out")
+    finished(proc, root / "local.out", "the local snakemake")
+    assert killed
+    # the failed job's output is kept in its SLURM log; the rule's log is the retry's
+    first = min(on_slurm.glob("logs/slurm/rule_train_dmaml/*/*.log"), key=lambda p: int(p.stem))
+    return {"slurm": on_slurm, "local": local, "slurm_out": slurm_out, "first": first.read_text(),
+            "log": (on_slurm / f"logs/train_dmaml/{TRAINED}.log").read_text()}
+
+
+def actors(log: str) -> list[list[str]]:
+    """The nodes of the cluster engine's actors, each time it started, from a training log."""
+    return [sorted(line.split(", ")) for line in re.findall(r"cluster engine: .*; actors on (.*)",
+                                                            log)]
+
+
+def test_workflow_job_spans_two_nodes_and_its_table_equals_local(table1):
+    assert actors(table1["first"]) == [["dmaml-n0 (127.0.0.2)", "dmaml-n1 (127.0.0.3)"]]
+    for name in ("table1.csv", "table1.md"):
+        assert (table1["slurm"] / "results/tables" / name).read_text() == \
+            (table1["local"] / "results/tables" / name).read_text()
+
+
+def test_lost_node_fails_the_job_and_the_retry_resumes_bitwise(table1):
+    """The project's behaviour on a lost node: the training fails at once with one line naming
+    the node, SLURM ends the job (NODE_FAIL), and Snakemake's retry, which leaves the failed node
+    out, resumes from the last checkpoint, with the numbers of a run that lost nothing."""
+    lost = re.findall(r"ERROR Ray actor \d \(workers \[[\d, ]+\]\) on node dmaml-n1 "
+                      r"\(127\.0\.0\.3\) was lost in the run from MAML step \d+ .*", table1["first"])
+    assert len(lost) == 1, table1["first"]
+    assert "SLURM status is: 'NODE_FAIL'" in table1["slurm_out"]
+    log = table1["log"]  # the retry's
+    resumed = re.search(r": resuming from step (\d+)", log)
+    assert resumed and 0 < int(resumed[1]) < 300, log
+    assert actors(log) == [["dmaml-n0 (127.0.0.2)", "dmaml-n2 (127.0.0.4)"]]
+    slurm, local = (table1[k] / "results/runs" / TRAINED for k in ("slurm", "local"))
+    metrics = [pd.read_csv(run / "metrics.csv").drop(columns="wall_s") for run in (slurm, local)]
+    pd.testing.assert_frame_equal(*metrics, check_exact=True)
+    assert (slurm / "test.csv").read_text() == (local / "test.csv").read_text()

@@ -11,15 +11,19 @@ this way, each answering on its own port; the simpler route than network namespa
 traffic stays on loopback. What runs on a node tells it apart by ``SLURMD_NODENAME`` and that
 node's NodeAddr (``scontrol show node``); ``hostname`` is the same on all of them, and they share
 this machine's file system, so a job's per-node files need the node's name in their path.
+A lost node (:meth:`LocalSlurm.kill_node`) is DOWN after about 30 s (``SlurmdTimeout=10``, not
+300) and its jobs end with NODE_FAIL; they are not requeued (``JobRequeue=0``: a requeued job
+would wait 121 s, CredExpire + 1), so that Snakemake's retry submits them again at once.
 
 Every file (key, sockets, state, logs, pid files, slurm.conf) lives in one short temporary
 folder, the daemons listen on ports of their own, and they are stopped by the pids in their pid
-files, each checked against its command line first; nothing is ever killed by name. The only file
+files, each checked against its command line first; what their jobs left running is found by
+``SLURM_CONF=<this folder's slurm.conf>`` in its environment; nothing is ever killed by name. The only file
 outside the folder is the symlink ``/etc/slurm/slurm.conf`` -> the folder's config, needed because
 the Snakemake jobstep plugin strips SLURM_CONF before its inner ``srun``; it is made only where no
 other file is there, and removed again at the end. A lock file lets one such cluster run at a
-time on the machine; a cluster whose owner died (its folder still there, its daemons still up) is
-stopped by the next one.
+time on the machine; the clusters of owners that died (folders /tmp/dmaml-slurm-*, their daemons
+perhaps still up) are stopped and removed by the next one.
 
 From Python::
 
@@ -318,6 +322,8 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=600
+SlurmdTimeout=10
+JobRequeue=0
 MailProg=/bin/true
 {nodes}
 PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP

@@ -87,6 +87,10 @@ options=(--block --disable-usage-stats --temp-dir="$tmp" --object-store-memory=$
   --metrics-export-port=$((port + 7))
   --min-worker-port=$((port + 8)) --max-worker-port=$((port + PORTS_PER_NODE - 1)))
 
+# On SIGTERM `ray start --block` would wait up to 30 s for its node to drain (for Ray Serve) at
+# every job's end, and on a worker node for a head that has already gone.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
+
 ray_pid=
 stop_ray() {
   if [[ -n $ray_pid ]]; then
@@ -107,7 +111,7 @@ if [[ $SLURM_NODEID == 0 ]]; then
     "${options[@]}" > "$tmp/ray-start.log" 2>&1 &
   ray_pid=$!
   for ((i = 0; i < HEAD_WAIT; i++)); do
-    grep -q "Ray runtime started" "$tmp/ray-start.log" && break
+    grep -qs "Ray runtime started" "$tmp/ray-start.log" && break
     if ! kill -0 "$ray_pid" 2> /dev/null; then break; fi
     sleep 1
   done

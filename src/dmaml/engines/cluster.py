@@ -34,6 +34,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -134,10 +135,12 @@ class WorkerActor:
         self.engine = VectorizedEngine(cfg)
 
     def where(self) -> tuple[int, str]:
-        """This actor's process id (a new one after a restart) and its node's address."""
+        """This actor's process id (a new one after a restart) and its node: the SLURM node's
+        name where Ray was started in a job step (else the host name), and its Ray address."""
         import ray
 
-        return os.getpid(), ray.util.get_node_ip_address()
+        name = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        return os.getpid(), f"{name} ({ray.util.get_node_ip_address()})"
 
     def run(self, theta: dict, states: dict[int, AdamState],
             step: int) -> tuple[tuple[int, str], float, dict[int, WorkerResult]]:
@@ -183,7 +186,7 @@ class ClusterEngine(Engine):
             scheduling_strategy="SPREAD")
         self.actors: list = [remote.remote(self.cfg, cpus) for _ in range(self.count)]
         try:
-            self.pids, self.addresses = map(list, zip(*ray.get(
+            self.pids, self.nodes = map(list, zip(*ray.get(
                 [a.where.remote() for a in self.actors], timeout=start_timeout)))
         except ray.exceptions.GetTimeoutError:
             self.close()
@@ -198,7 +201,7 @@ class ClusterEngine(Engine):
         log.info("cluster engine: %d Ray actors x %d CPUs on %d node(s) (%s) for %d workers "
                  "(up to %d restarts each); actors on %s", self.count, cpus, len(nodes),
                  ", ".join(sorted(n["NodeManagerAddress"] for n in nodes)), cfg.workers,
-                 self.restart_limit, ", ".join(self.addresses))
+                 self.restart_limit, ", ".join(self.nodes))
 
     def _nodes(self, expected: int, timeout: float) -> list[dict]:
         """The cluster's live nodes, once ``expected`` of them have joined."""
@@ -226,22 +229,22 @@ class ClusterEngine(Engine):
         results, self.last_compute = {}, []
         for a, call in calls.items():
             try:
-                (pid, address), seconds, part = ray.get(call)
+                (pid, node), seconds, part = ray.get(call)
             except ray.exceptions.RayTaskError:
                 raise  # an error of the computation itself (it is also an instance of its cause)
             except ray.exceptions.RayError as e:
                 self.close()
                 raise ClusterError(
-                    f"Ray actor {a} (workers {self.workers[a]}) was lost in the run from MAML "
-                    f"step {step} after {self.restarts[a]} restart(s) (limit {self.restart_limit}, "
-                    f"{RESTARTS_ENV}): {_first_line(e)}; the engine is closed. Run training again: "
-                    "it resumes from the last checkpoint") from None
+                    f"Ray actor {a} (workers {self.workers[a]}) on node {self.nodes[a]} was lost "
+                    f"in the run from MAML step {step} after {self.restarts[a]} restart(s) "
+                    f"(limit {self.restart_limit}, {RESTARTS_ENV}): {_first_line(e)}; the engine "
+                    "is closed. Run training again: it resumes from the last checkpoint") from None
             if pid != self.pids[a]:
                 # A restart between or during runs: the call was redone from the same inputs.
-                self.pids[a], self.addresses[a] = pid, address
+                self.pids[a], self.nodes[a] = pid, node
                 self.restarts[a] += 1
                 log.warning("Ray actor %d (workers %s) was restarted on %s (%d of %d); its share "
-                            "of the run from step %d was redone", a, self.workers[a], address,
+                            "of the run from step %d was redone", a, self.workers[a], node,
                             self.restarts[a], self.restart_limit, step)
             self.last_compute.append(seconds)
             results.update(part)
