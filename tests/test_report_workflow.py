@@ -1,4 +1,4 @@
-"""`snakemake --report` on a tiny sine grid (Table 1, Figures 2 and 4): the report command of the
+"""`snakemake --report` on a tiny sine grid (Table 1, Figures 2, 4 and 7): the report command of the
 README works once its targets are built, shows each table's content beside the paper's, gives
 each figure its own caption and shows the configuration its home page promises; the reproduction
 summary is made from the tables named in the config, and the paper's values re-make the tables
@@ -16,11 +16,14 @@ import yaml
 
 from .test_workflow import copy_workflow, planned, snakemake
 
-TARGETS = ["table1", "fig2", "fig4", "results/tables/reproduction.md"]
+TARGETS = ["table1", "fig2", "fig4", "fig7", "results/tables/reproduction.md"]
 CONFIG = ["--config", "train={steps: 40, eval_every: 10, val_tasks: 5, test_tasks: 20, seeds: [0], "
           "checkpoint_steps: [40]}",
           "experiments={table1: {workers: [1, 2], test_shots: [5]}, "
-          "fig4: {dataset: sine, workers: 1, steps_per_run: [1, 2], steps: 40, eval_every: 10}}",
+          "fig4: {dataset: sine, workers: 1, steps_per_run: [1, 2], steps: 40, eval_every: 10}, "
+          # Figure 7 on fig4's runs: n = 2 by merge, n = 1 (fig4's) as the reference
+          "fig7: {from: fig4, workers: 2, steps_per_run: 1, merge: [mean, weighted], "
+          "also: [fig7_reference]}, fig7_reference: {from: fig4, steps_per_run: 1}}",
           "reproduction=[table1]"]
 
 
@@ -54,6 +57,9 @@ def test_report_shows_tables_captions_and_config(tmp_path):
     assert captions["results/figures/fig2.png"].startswith("Figure 2: sine regression")
     assert captions["results/figures/fig4.png"].startswith("Figure 4: validation")
     assert "Figure 2" not in captions["results/figures/fig4.png"]
+    figure7 = captions["results/figures/fig7.png"]
+    assert figure7.startswith("Figure 7 (beyond the paper): does a smarter merge stop")
+    assert "from: fig4" in figure7 and "With the runs of fig7_reference" in figure7
     assert not any(re.search(r"\[\d", caption) for caption in captions.values()), captions
 
     # the home text shows the configuration it promises, as the workflow resolved it

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dmaml.report import tables
+
 from .conftest import OMNIGLOT_DATA, ROOT, make_omniglot_source
 
 pytest.importorskip("snakemake")
@@ -132,7 +134,8 @@ def test_titles_stay_text(workflow):
 
 @pytest.mark.slow
 def test_quick_preset_end_to_end(tmp_path):
-    """Table 2 and Figure 3 of the quick preset, then: nothing to redo; a new alpha for Table 2
+    """Table 2 and Figure 3 of the quick preset, then: nothing to redo; Figure 7 and Table 7 on
+    Table 2's runs (check_figure7); a new alpha for Table 2
     re-runs exactly its trainings; a plotting change re-runs no training."""
     flow = copy_workflow(tmp_path / "flow")
     real = (OMNIGLOT_DATA / "images_background.zip").is_file()
@@ -153,6 +156,7 @@ def test_quick_preset_end_to_end(tmp_path):
     assert list((flow / "logs/train_dmaml/table2").rglob("*.log"))
 
     assert "Nothing to be done" in snakemake(flow, "-n", "table2", "fig3", *config).stdout
+    check_figure7(flow, config)
     done = snakemake(flow, "reproduction", *config)  # the preset's tables beside the paper's
     assert done.returncode == 0, done.stderr[-4000:]
     assert "paper" in (flow / "results/tables/table2.md").read_text()
@@ -176,12 +180,39 @@ def test_quick_preset_end_to_end(tmp_path):
     assert "re-testing step 50 on 100 tasks" in done.stderr  # progress reaches the terminal
     assert set(pd.read_csv(flow / "results/tables/table2.csv")["tasks"]) == {100}
     assert "over 100 test tasks" in (flow / "results/tables/table2.md").read_text()
-    for run in (flow / "results/runs/table2").rglob("run.json"):
+    for run in (flow / "results/runs/table2").glob("*-mean-mean/*/run.json"):  # not fig7's merges
         assert set(pd.read_csv(run.parent / "test.csv")["tasks"]) == {100}
         assert "test_tasks: 100" in (run.parent / "config.yaml").read_text()
     with open(flow / "src/dmaml/maml.py", "a") as f:
         f.write("# an edit\n")
     assert planned(snakemake(flow, "-n", "table2", "fig3", *config))["train_dmaml"] == 6
+
+
+def check_figure7(flow: Path, config: list[str]) -> None:
+    """The quick preset's Figure 7 and Table 7: Table 2's runs of n = 1 and 4 reused (3 new
+    trainings), a row and a line per strategy, each cell the test score of its run."""
+    assert planned(snakemake(flow, "-n", "fig7", "table7", *config))["train_dmaml"] == 3
+    done = snakemake(flow, "fig7", "table7", *config, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    strategies = {"mean", "weighted T=1.0", "drop_worst 1", "mean; n=2 from step 100"}
+    table = pd.read_csv(flow / "results/tables/table7.csv")
+    assert set(table["strategy"]) == strategies and set(table["verdict"]) == {"-"}
+    assert sorted(set(table["workers"])) == [1, 4] and len(table) == 5 * 3
+    text = (flow / "results/tables/table7.md").read_text()
+    assert "| strategy, n (seed) | step 50 | step 100 | step 200 |" in text and "| paper |" not in text
+    runs = tables.load_runs([r.parent for r in (flow / "results/runs").rglob("run.json")])
+    for _, row in table.iterrows():
+        run = runs[(runs["strategy"] == row["strategy"]) & (runs["workers"] == row["workers"])
+                   & (runs["seed"] == row["seed"])]["run"].item()
+        test = pd.read_csv(Path(run) / "test.csv").set_index("step").loc[row["step"]]
+        assert tables.round_to_ci(test["mean"], test["ci95"]) == pytest.approx((row["mean"], row["ci95"]))
+    schedule = pd.read_csv(next((flow / "results/runs/fig7_schedule").rglob("metrics.csv")))
+    assert set(schedule[schedule["step"] <= 100]["workers"]) == {4}
+    assert set(schedule[schedule["step"] > 100]["workers"]) == {2}
+    caption = (flow / "results/figures/fig7.txt").read_text()
+    assert "n = 4, t = 8, 200 MAML steps; strategies: drop_worst 1, mean, mean; n=2 from step 100, " \
+           "weighted T=1.0" in caption
+    assert (flow / "results/figures/fig7.png").stat().st_size > 0
 
 
 SMALL_TABLE1 = ["--config", "train={steps: 600, eval_every: 20, val_tasks: 5, test_tasks: 50}",

@@ -301,7 +301,8 @@ def merge_figure(run_dirs, out: Path) -> None:
         ax.set_title(f"Merge strategies at n = {n} workers")
     config = (f"n = {listing(counts)}, t = {listing(runs['tasks_per_step'])}, "
               f"{listing(runs['steps'])} MAML steps; strategies: {listing(runs['strategy'])}")
-    settings_note(fig, runs, f"{config}; {_points(runs)}")
+    settings_note(fig, runs, f"{listing(runs['steps'])} MAML steps; {_points(runs)}\n"
+                             f"strategies: {listing(runs['strategy'])}")
     save(fig, out, _caption("Figure 7: validation score for each merge strategy of the central "
                             "learner (the paper's future work: does a smarter merge stop the "
                             "divergence of many workers?)", runs,
