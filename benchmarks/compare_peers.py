@@ -5,8 +5,9 @@ update of theta) on the same tasks as ``dmaml bench`` (the workload's synthetic 
 ``task_rng(seed, TRAIN, 0, step)``) from the same initial parameters, and prints its first
 step's meta-loss (the mean query loss at theta_0): equal across implementations, or they do not
 compute the same thing. Seconds per MAML step are the median of ``--steps`` steps after one that
-compiles, each implementation on tensors made beforehand; dmaml's engines also through
-``Engine.run`` (drawing the tasks itself, as training does). Ratios are to dmaml's fastest.
+compiles, each implementation in a fresh process on tensors made beforehand; dmaml's engines
+also through ``Engine.run`` (drawing the tasks itself, as training does). Ratios are to dmaml's
+fastest.
 
 Peers: a straightforward TensorFlow per-task loop (nested tapes over dmaml's model functions),
 as a graph and under XLA (``jit_compile``); a JAX jit + vmap version of the same conv4; and a
@@ -25,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,11 +136,16 @@ def jax_vmap(cfg, theta, tasks):
     def apply(p, x):
         h = x
         for i in range(blocks):
-            size = h.shape[1]
-            _, lo, hi = models.same_padding(size, 1 if pool else 2)
-            h = jax.lax.conv_general_dilated(h, p[f"conv{i}/w"], (1, 1) if pool else (2, 2),
-                                             [(lo, hi), (lo, hi)],
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            # im2col from strided slices and one matmul: lax.conv under vmap becomes a grouped
+            # convolution, and lax's patches function a convolution too, both slow on XLA:CPU
+            stride = 1 if pool else 2
+            out, lo, hi = models.same_padding(h.shape[1], stride)
+            padded = jnp.pad(h, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+            end = stride * (out - 1) + 1
+            patches = jnp.concatenate([padded[:, a:a + end:stride, b:b + end:stride]
+                                       for a in range(3) for b in range(3)], axis=-1)
+            w = p[f"conv{i}/w"]  # HWIO: rows in the patches' (kh, kw, C) order
+            h = patches @ w.reshape(-1, w.shape[-1])
             mean = h.mean(axis=(0, 1, 2), keepdims=True)
             var = jnp.square(h - mean).mean(axis=(0, 1, 2), keepdims=True)
             h = (h - mean) * jax.lax.rsqrt(var + models.BN_EPSILON) * p[f"bn{i}/scale"] \
@@ -191,9 +199,9 @@ def torch_loop(cfg, theta, tasks):
     params = [torch.tensor(np.ascontiguousarray(layout(k, theta[k])), requires_grad=True)
               for k in names]
 
-    def apply(values, x):  # NHWC in, NCHW inside
+    def apply(values, x):  # NCHW
         p = dict(zip(names, values))
-        h = x.permute(0, 3, 1, 2)
+        h = x
         for i in range(blocks):
             _, lo, hi = models.same_padding(h.shape[-1], 1 if pool else 2)
             h = F.conv2d(F.pad(h, (lo, hi, lo, hi)), p[f"conv{i}/w"], stride=1 if pool else 2)
@@ -205,8 +213,12 @@ def torch_loop(cfg, theta, tasks):
                 h = F.max_pool2d(h, 2)
         return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1) @ p["dense/w"] + p["dense/b"]
 
-    ready = [tuple(torch.from_numpy(np.asarray(a, np.int64) if a.dtype.kind == "i" else a)
-                   for a in task) for task in tasks]
+    def tensor(a):  # images NHWC -> NCHW, labels as int64
+        if a.dtype.kind == "i":
+            return torch.from_numpy(a.astype(np.int64))
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 1, 4, 2, 3)))
+
+    ready = [tuple(tensor(a) for a in task) for task in tasks]
 
     def step(values, task):
         xs, ys, xq, yq = task
@@ -233,13 +245,34 @@ DMAML = {f"dmaml {e}{' (run)' if run else ''}": dmaml_engine(e, run)
          for e in ("sequential", "vectorized") for run in (False, True)}
 
 
+IMPLEMENTATIONS = {**DMAML, **{name: fn for name, (fn, _) in PEERS.items()}}
+
+
+def one(name: str, workload: str, order: str, steps: int, data: dict[str, str]):
+    """One implementation on one workload, in this (fresh) process: (s/step, first step s,
+    meta-loss), or why not."""
+    module = PEERS.get(name, (None, "dmaml"))[1]
+    if importlib.util.find_spec(module) is None:
+        return f"not installed ({module})"
+    try:
+        return IMPLEMENTATIONS[name](*inputs(workload, order, steps + 1, data))
+    except Exception as e:  # a peer that cannot run this workload
+        return f"{type(e).__name__}: {e}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", default="omniglot-5w1s",
                    help=f"comma-separated, of {', '.join(w for w in bench.WORKLOADS if w != 'sine')}")
     p.add_argument("--orders", default="second,first", help="second, first or both")
     p.add_argument("--steps", type=int, default=10, help="timed MAML steps [default: 10]")
+    p.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
+                   help="comma-separated names of the table's rows [default: all]")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # a child process's job, as JSON
     args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(**json.loads(args.one))))
+        return 0
     peak = bench.matmul_peak()
     rows = [f"float32 matmul peak of this invocation: {peak['gflops']:.0f} GFLOP/s "
             f"({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})", "",
@@ -249,27 +282,26 @@ def main(argv: list[str] | None = None) -> int:
         data = bench.make_data(Path(folder))
         for workload in args.workloads.split(","):
             for order in args.orders.split(","):
-                cfg, theta, tasks = inputs(workload, order, args.steps + 1, data)
                 results = {}
-                for name, fn in DMAML.items():
-                    results[name] = fn(cfg, theta, tasks)
-                for name, (fn, module) in PEERS.items():
-                    if importlib.util.find_spec(module) is None:
-                        results[name] = f"not installed ({module})"
-                        continue
-                    try:
-                        results[name] = fn(cfg, theta, tasks)
-                    except Exception as e:  # a peer that cannot run this workload
-                        results[name] = f"{type(e).__name__}: {e}"
+                for name in args.implementations.split(","):
+                    # each in a fresh process: one's idle thread pools cannot slow another
+                    job = json.dumps(dict(name=name, workload=workload, order=order,
+                                          steps=args.steps, data=data))
+                    done = subprocess.run([sys.executable, __file__, "--one", job],
+                                          capture_output=True, text=True)
+                    lines = [x for x in done.stdout.splitlines() if x.startswith(("[", '"'))]
+                    results[name] = json.loads(lines[-1]) if lines else \
+                        f"exit code {done.returncode}: {done.stderr[-300:]!r}"
                     print(name, results[name], file=sys.stderr, flush=True)
-                best = min(r[0] for n, r in results.items() if n.startswith("dmaml")
-                           and not isinstance(r, str))
+                best = min((r[0] for n, r in results.items() if n.startswith("dmaml")
+                            and not isinstance(r, str)), default=None)
                 for name, r in results.items():
                     if isinstance(r, str):
                         rows.append(f"| {workload} | {order} | {name} | - | - | - | {r} |")
                     else:
                         rows.append(f"| {workload} | {order} | {name} | {r[0]:.4f} | "
-                                    f"{r[0] / best:.2f}x | {r[1]:.1f} | {r[2]:.4f} |")
+                                    f"{f'{r[0] / best:.2f}x' if best else '-'} | {r[1]:.1f} | "
+                                    f"{r[2]:.4f} |")
     print("\n".join(rows))
     return 0
 
