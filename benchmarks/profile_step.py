@@ -2,14 +2,17 @@
 
     python benchmarks/profile_step.py                  # omniglot-5w1s, n = 1, all cores; ~1 min
     python benchmarks/profile_step.py --threads 1 --workers 4
+    python benchmarks/profile_step.py --engine sequential --ways 5 --shots 5   # the per-task loop
 
-Runs a standard workload of ``dmaml bench`` (synthetic data; one the vectorized engine batches:
-sine or omniglot-5w1s) with the vectorized engine, then three MAML steps under TensorFlow's
-profiler, and prints the operations' time per step summed over the
-intra-op threads, by kind: matrix products (``MatMul``: the convolutions' im2col products, the
-dense layer and their gradients) and XLA's fusions of the element-wise work around them (batch
-norm, the im2col slicing and its gradient, Adam), with the wall time per step and how many
-cores the step keeps busy beside it. With ``--threads 1`` the sum is the wall time's breakdown.
+Runs a standard workload of ``dmaml bench`` (synthetic data; ``--ways``/``--shots`` change it)
+with the vectorized engine (or ``--engine``), then three MAML steps under TensorFlow's profiler,
+and prints the operations' time per step summed over the threads that run them (the intra-op
+threads; for the per-task loop's native kernels, the inter-op threads), by kind: matrix products
+(``MatMul``: the convolutions' im2col products, the dense layer and their gradients) and XLA's
+fusions of the element-wise work around them (batch norm, the im2col slicing and its gradient,
+Adam), or the loop's native convolutions and element-wise kernels, with the wall time per step
+and how many cores the step keeps busy beside it. With ``--threads 1`` the sum is the wall
+time's breakdown.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
     parser.add_argument("--top", type=int, default=12, help="kinds to list [default: 12]")
+    parser.add_argument("--engine", default="vectorized", choices=("vectorized", "sequential"))
+    parser.add_argument("--ways", type=int, help="the workload's ways, changed")
+    parser.add_argument("--shots", type=int, help="the workload's shots, changed")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -43,8 +49,9 @@ def main() -> None:
     if args.threads:
         set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="dmaml-profile-") as folder:
-        settings = {**WORKLOADS[args.workload], "workers": args.workers, "engine": "vectorized",
-                    "steps_per_run": 1, "steps": 100}
+        changed = {k: v for k, v in (("ways", args.ways), ("shots", args.shots)) if v}
+        settings = {**WORKLOADS[args.workload], **changed, "workers": args.workers,
+                    "engine": args.engine, "steps_per_run": 1, "steps": 100}
         if settings["dataset"] != "sine":
             settings["data"] = make_data(Path(folder))[settings["dataset"]]
         cfg = config.load(None, settings)
@@ -69,20 +76,26 @@ def main() -> None:
         space = xplane_pb2.XSpace()
         space.ParseFromString(next(Path(folder).glob("trace/**/*.xplane.pb")).read_bytes())
 
+    # XLA's operations run on the intra-op threads; native kernels on the inter-op threads,
+    # whose lines under XLA hold one span for the whole compiled call.
+    threads = "Eigen" if args.engine == "vectorized" else "tf_Compute"
     kinds: collections.Counter = collections.Counter()
     for plane in space.planes:
         names = {k: v.name for k, v in plane.event_metadata.items()}
         for line in plane.lines:
-            if "Eigen" not in line.name:  # the intra-op threads, where the operations run
-                continue
+            if threads not in line.name:
+                continue  # not a thread where the operations run
             for event in line.events:
                 name = names.get(event.metadata_id, "?")
-                if name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky")):
+                if name.startswith(("ThunkExecutor", "end:", "Threadpool", "Slinky",
+                                    "ExecutorState")):
                     continue  # bookkeeping spans around the operations
-                kind = re.sub(r"([._]\d+)+$", "", name)  # MatMul_1.58 -> MatMul
+                # MatMul_1.58 -> MatMul; gradient_tape/Conv2D_12:_MklNativeConv2D -> the op type
+                kind = re.sub(r"([._]\d+)+$", "", name.rsplit(":", 1)[-1])
                 kinds[kind] += event.duration_ps / 1e9 / len(walls)
     total = sum(kinds.values())
-    print(f"{args.workload}, n = {args.workers}: wall {1e3 * statistics.median(walls):.1f} ms "
+    label = args.workload + "".join(f", {k} {v}" for k, v in changed.items())
+    print(f"{label}, {args.engine}, n = {args.workers}: wall {1e3 * statistics.median(walls):.1f} ms "
           f"per MAML step (profiled); {busy:.2f} cores busy (CPU time / wall time, unprofiled); "
           f"operations {total:.1f} ms summed over threads")
     for kind, ms in kinds.most_common(args.top):
