@@ -57,14 +57,18 @@ EVAL_TASKS = 32  # most evaluation tasks timed per workload
 def load_config(folder: Path, configfiles: list[Path]) -> dict:
     """The workflow configuration as Snakemake reads it: ``folder/config.yaml``, then each of
     ``configfiles`` merged over it, validated with the schema's defaults filled in."""
-    from snakemake.utils import update_config, validate
-
+    try:
+        from snakemake.utils import update_config, validate
+    except ImportError:
+        raise ConfigError("dmaml plan reads the configuration as the workflow does, with "
+                          "Snakemake: pip install -e '.[workflow]'") from None
     config: dict = {}
     for path in [folder / "config.yaml", *configfiles]:
         try:
             values = yaml.safe_load(Path(path).read_text())
         except OSError as e:
-            raise ConfigError(f"configfile {path}: cannot be read ({e.strerror})") from None
+            raise ConfigError(f"configfile {path}: cannot be read ({e.strerror}); run in the "
+                              "workflow's folder or give it with --directory") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"configfile {path}: not valid YAML ({e})") from None
         if not isinstance(values, dict):
