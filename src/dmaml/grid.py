@@ -11,6 +11,9 @@ Every function takes the (validated, defaults filled) workflow configuration as 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
+
+import yaml
 
 from dmaml.config import DATASET_DEFAULTS, RunConfig, resolve
 from dmaml.config import FIELDS as RUN_FIELDS
@@ -101,6 +104,19 @@ def run_settings(config: dict, experiment: str, dataset: str, ways, shots, worke
         values["data"] = f"resources/{dataset}.h5"
     values["checkpoint_steps"] = [s for s in values["checkpoint_steps"] if s <= values["steps"]]
     return values
+
+
+SCHEMA = "workflow/schemas/config.schema.yaml"
+
+
+def check_top_level(config: dict, folder: Path, where: str = "config") -> None:
+    """Unknown top-level keys (a typo such as ``omniglott``) are an error naming them and the
+    known ones (the schema's, in the workflow folder ``folder``)."""
+    known = yaml.safe_load((Path(folder) / SCHEMA).read_text())["properties"]
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {unknown}; known keys are "
+                          f"{sorted(known)} ({SCHEMA})")
 
 
 def check_experiments(config: dict, where: str = "config.yaml") -> None:

@@ -47,7 +47,7 @@ from dmaml.errors import ConfigError
 
 log = logging.getLogger("dmaml")
 
-SCHEMA = Path("workflow", "schemas", "config.schema.yaml")
+SCHEMA = grid.SCHEMA
 # Targets that stand for several experiments (the Snakefile's rules of the same names).
 GROUPS = {"figures": "fig", "all": ""}
 MEASURE_STEPS = 3  # timed MAML steps per workload, after one that compiles
@@ -76,11 +76,7 @@ def load_config(folder: Path, configfiles: list[Path]) -> dict:
                               f"layout), got {type(values).__name__}")
         update_config(config, values)
     where = ", ".join(map(str, configfiles)) or "config.yaml"
-    known = yaml.safe_load((folder / SCHEMA).read_text())["properties"]
-    unknown = sorted(set(config) - set(known))
-    if unknown:
-        raise ConfigError(f"configfile {where}: unknown top-level key(s) {unknown}; known keys "
-                          f"are {sorted(known)} ({SCHEMA})")
+    grid.check_top_level(config, folder, f"configfile {where}")
     try:
         validate(config, str(folder / SCHEMA))
     except Exception as e:  # snakemake's WorkflowError, with jsonschema's message

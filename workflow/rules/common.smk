@@ -30,19 +30,11 @@ def parse_nested(values):
                 values[key] = parsed
 
 
-def check_top_level(schema_path):
-    """Unknown top-level keys (a typo such as `omniglott`) stop the workflow, naming them."""
-    known = yaml.safe_load(Path(workflow.basedir, schema_path).read_text())["properties"]
-    unknown = sorted(set(config) - set(known))
-    if unknown:
-        raise WorkflowError(
-            f"config: unknown top-level key(s) {unknown}; known keys are "
-            f"{sorted(known)} (workflow/schemas/config.schema.yaml)"
-        )
-
-
 parse_nested(config)
-check_top_level("workflow/schemas/config.schema.yaml")
+try:
+    grid.check_top_level(config, workflow.basedir)
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
 
 validate(config, schema="../schemas/config.schema.yaml")
 
