@@ -7,6 +7,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from dmaml import grid
+from dmaml.config import RunConfig, resolve
+from dmaml.engines import choose
 from dmaml.errors import ConfigError
 
 # keys whose values are text: never read as YAML ("Table 2: ..." would become a mapping)
@@ -180,8 +182,19 @@ def train_runtime(wildcards):
 
 
 def train_mem(wildcards):
-    base = {"sine": 1500, "omniglot": 3000, "miniimagenet": 6000}[wildcards.dataset]
-    return base + 100 * int(wildcards.workers)
+    """MiB to request: the learner's process (with the data and its evaluation), one TensorFlow
+    runtime more per worker process of the engine the run gets (auto: a process per thread for
+    conv4 workers), and 100 a worker. Peak RSS of a worker process measured by `dmaml bench`
+    (n = 4 on 2 processes): Omniglot 1.1 GB (2.7 GB for 20-way tasks, which run task by task),
+    miniImageNet 2.1 GB, sine 0.7 GB."""
+    run = grid.run_settings(config, **{k: wildcards[k] for k in ("experiment", *grid.GRID.values())})
+    cfg = resolve(RunConfig(**run))
+    engine, _ = choose(cfg, train_threads(wildcards))
+    processes = min(cfg.workers, train_threads(wildcards)) if engine == "processes" else 0
+    big = cfg.ways * (cfg.shots + cfg.queries) > 20
+    base = {"sine": 1500, "omniglot": 3000, "miniimagenet": 6000}[cfg.dataset]
+    per_process = {"sine": 700, "omniglot": 2000 if big else 1000, "miniimagenet": 2000}[cfg.dataset]
+    return base + processes * per_process + 100 * cfg.workers
 
 
 # `engine: cluster`: the run's workers are Ray actors, launched by workflow/scripts/ray_srun.sh

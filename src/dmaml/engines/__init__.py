@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dmaml.config import RunConfig
-from dmaml.optimizer import AdamState
+
+if TYPE_CHECKING:  # not at run time: the workflow reads `choose` without TensorFlow
+    from dmaml.optimizer import AdamState
 
 
 @dataclass
