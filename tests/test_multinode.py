@@ -1,7 +1,11 @@
 """The cluster engine across the nodes of a real SLURM cluster of 2 nodes on this machine
-(tests/slurm/local_cluster.py: two slurmd on the loopback aliases 127.0.0.2 and 127.0.0.3):
+(tests/slurm/local_cluster.py: slurmds on the loopback aliases 127.0.0.2, 127.0.0.3, 127.0.0.4):
 `dmaml train --engine cluster` through `sbatch --nodes=2 workflow/scripts/ray_srun.sh` places its
-actors on both nodes and gives the sequential engine's numbers.
+actors on both nodes and gives the sequential engine's numbers; Table 1 through `snakemake
+--profile slurm` with `cluster_nodes: 2` loses a node mid-run (its slurmd, slurmstepd and Ray
+killed), fails with one line naming it, and Snakemake's retry resumes on live nodes, bitwise equal
+to a local run; two Ray jobs on one node have their own ports, temporary folders and tokens, and
+cancelling one leaves the other's Ray running.
 
 Needs root (the cluster's daemons), a hostname on 127.0.0.1 and Ray; installs the SLURM packages
 with apt-get when they are missing. Every command runs under `timeout -k`.
@@ -211,3 +215,76 @@ def test_lost_node_fails_the_job_and_the_retry_resumes_bitwise(table1):
     metrics = [pd.read_csv(run / "metrics.csv").drop(columns="wall_s") for run in (slurm, local)]
     pd.testing.assert_frame_equal(*metrics, check_exact=True)
     assert (slurm / "test.csv").read_text() == (local / "test.csv").read_text()
+
+
+# --- two jobs on one node -----------------------------------------------------------------------
+
+# A Ray driver that pings its cluster until told to stop: ARG.ready holds its Ray address, temp
+# folder and token once it runs; ARG.stop tells it to end; ARG says it still reached Ray then.
+DRIVER = """\
+import hashlib, os, pathlib, sys, time
+import ray
+out = pathlib.Path(sys.argv[1])
+ray.init()
+
+
+@ray.remote
+def ping():
+    return os.getpid()
+
+
+ray.get(ping.remote(), timeout=60)
+token = hashlib.sha256(os.environ["RAY_AUTH_TOKEN"].encode()).hexdigest()
+temp = ray.get_runtime_context().get_temp_dir()
+out.with_suffix(".ready").write_text(f"{os.environ['RAY_ADDRESS']} {temp} {token}")
+while not out.with_suffix(".stop").exists():
+    ray.get(ping.remote(), timeout=60)
+    time.sleep(0.5)
+ray.get(ping.remote(), timeout=60)
+out.write_text("alive")
+"""
+
+
+ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
+
+
+def state(cluster: LocalSlurm, job: str) -> str | None:
+    return next((j["state"] for j in cluster.jobs() if j["id"] == job), None)
+
+
+def wait_until(what: str, check, cluster: LocalSlurm, ids: list[str]) -> None:
+    """Wait for ``check()``; fail when it is not so after JOB_LIMIT s, or as soon as none of the
+    jobs ``ids`` is queued or running."""
+    deadline = time.monotonic() + JOB_LIMIT
+    while not check():
+        active = [i for i in ids if state(cluster, i) in ACTIVE]
+        assert active and time.monotonic() < deadline, f"{what} (jobs {cluster.jobs()})"
+        time.sleep(0.5)
+
+
+def test_two_jobs_on_one_node_do_not_collide(cluster, tmp_path):
+    """Two one-node Ray jobs on the same node at once: their own ports, temporary folders and
+    tokens; `scancel` of one stops its Ray only, the other's goes on and ends well."""
+    (tmp_path / "driver.py").write_text(DRIVER)
+    ids = [sbatch(cluster, ["--nodes=1", "--ntasks=1", "--cpus-per-task=1", "--nodelist=dmaml-n0",
+                            str(LAUNCHER), sys.executable, str(tmp_path / "driver.py"),
+                            str(tmp_path / name)], tmp_path / f"{name}.log", wait=False)
+           for name in ("a", "b")]
+    ready = [tmp_path / f"{name}.ready" for name in ("a", "b")]
+    wait_until("the two drivers were not both running", lambda: all(r.exists() for r in ready),
+               cluster, ids)
+    (address_a, temp_a, token_a), (address_b, temp_b, token_b) = (r.read_text().split()
+                                                                  for r in ready)
+    assert address_a.split(":")[0] == address_b.split(":")[0] == "127.0.0.2"
+    assert address_a != address_b and temp_a != temp_b and token_a != token_b
+    assert Path(temp_a).exists() and Path(temp_b).exists()
+
+    subprocess.run(["timeout", "-k", "5", "20", "scancel", ids[0]], env=cluster.env, check=True)
+    wait_until("the cancelled job or its Ray was still there", lambda: not Path(temp_a).exists()
+               and state(cluster, ids[0]) == "CANCELLED",
+               cluster, ids)
+    (tmp_path / "b.stop").touch()
+    wait_until("the other job did not end", lambda: state(cluster, ids[1]) not in ACTIVE,
+               cluster, ids)
+    assert (tmp_path / "b").read_text() == "alive", (tmp_path / "b.log").read_text()[-4000:]
+    assert state(cluster, ids[1]) == "COMPLETED", (tmp_path / "b.log").read_text()[-4000:]

@@ -388,8 +388,9 @@ PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE St
         return pids
 
     def jobs(self) -> list[dict[str, str]]:
-        """This cluster's jobs: id, state, name and comment (as the Snakemake plugin sets them)."""
-        done = self._run("squeue", "-h", "-o", "%i|%T|%j|%k")
+        """This cluster's jobs, also those ended in the last MinJobAge seconds: id, state, name
+        and comment (as the Snakemake plugin sets them)."""
+        done = self._run("squeue", "-h", "-t", "all", "-o", "%i|%T|%j|%k")
         if done.returncode != 0:
             raise ClusterError(f"squeue: {done.stderr}")
         rows = [line.split("|", 3) for line in done.stdout.splitlines() if line.strip()]
