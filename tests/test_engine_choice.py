@@ -28,6 +28,7 @@ def test_auto_is_the_default():
     (dict(dataset="sine"), 8, "vectorized"),  # tiny models: one stacked computation wins
     (dict(dataset="sine", workers=64), 2, "vectorized"),
     (dict(workers=1), 8, "vectorized"),  # one worker: nothing to spread over processes
+    (dict(workers=2), 4, "vectorized"),  # fewer workers than cores: the stack has them all
     (dict(workers=4), 1, "vectorized"),  # one core: processes would time-slice it
     (dict(workers=2), 2, "processes"),  # a conv4 worker per core
     (dict(workers=16), 4, "processes"),

@@ -61,11 +61,12 @@ def set_threads(threads: int) -> None:
 def choose(cfg: RunConfig, cores: int | None = None) -> tuple[str, str]:
     """The engine a run computes with, and why: ``cfg.engine`` when it names one ("set"); for
     ``auto`` what measured fastest on ``cores`` cores (default ``cfg.threads``, else the cores
-    this process may use), benchmarks/README.md. conv4 workers: one process per core
-    (``processes``: 1.3-1.5x ``vectorized`` at n = 4 on 2 cores, Omniglot and 20-way alike;
-    a process's second thread mostly waits); one worker, one core, or sine's small MLP (whose
-    stacked computation beats processes up to n = 16): ``vectorized``. ``auto`` never picks
-    ``cluster`` (it needs a Ray cluster) nor ``sequential`` (the reference)."""
+    this process may use), benchmarks/README.md. conv4 workers at least as many as the cores: one
+    process per core (``processes``, on an idle 2-core machine 1.3x ``vectorized`` at n = 4 and
+    n = 16 on Omniglot 5-way 1-shot, 1.5x on 20-way; a process's second thread mostly waits);
+    fewer workers than cores, or sine's small MLP (whose stacked computation beats processes up
+    to n = 16): ``vectorized``. ``auto`` never picks ``cluster`` (it needs a Ray cluster) nor
+    ``sequential`` (the reference)."""
     if cfg.engine != "auto":
         return cfg.engine, "set"
     if cores is None:
@@ -76,7 +77,7 @@ def choose(cfg: RunConfig, cores: int | None = None) -> tuple[str, str]:
     n = cfg.workers
     if cfg.dataset == "sine":
         return "vectorized", f"auto: sine's small MLP {on}: all workers in one stacked computation"
-    if n == 1 or cores == 1:
+    if n < cores or cores == 1:
         return "vectorized", (f"auto: {n} conv4 worker{'s' * (n != 1)} {on}: one stacked "
                               "computation")
     return "processes", f"auto: {n} conv4 workers {on}: a process per core"
