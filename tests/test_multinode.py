@@ -1,4 +1,4 @@
-"""The cluster engine across the nodes of a real SLURM cluster of 2 nodes on this machine
+"""The cluster engine across the nodes of a real SLURM cluster of 3 nodes on this machine
 (tests/slurm/local_cluster.py: slurmds on the loopback aliases 127.0.0.2, 127.0.0.3, 127.0.0.4):
 `dmaml train --engine cluster` through `sbatch --nodes=2 workflow/scripts/ray_srun.sh` places its
 actors on both nodes and gives the sequential engine's numbers; Table 1 through `snakemake

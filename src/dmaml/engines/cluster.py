@@ -16,7 +16,10 @@ holds no state between runs that matters. When an actor's process dies, Ray rest
 from the same inputs and the numbers equal those of a run without the crash. After ``restarts``
 restarts of one actor (``DMAML_RAY_RESTARTS``, default 3) the next death is a
 :class:`ClusterError` and the engine is closed; the training can then be resumed from its last
-checkpoint.
+checkpoint. A lost node (its raylet gone) is such an error at once, naming the node of the
+actor (the SLURM node name and Ray address the actor reported when it started, also logged):
+under SLURM the job then ends (NODE_FAIL) and the workflow's retry resumes on live nodes, with the
+numbers of a run that lost nothing (``tests/test_multinode.py``).
 
 Ray: with ``RAY_ADDRESS`` set (as ``workflow/scripts/ray_srun.sh`` or ``ray symmetric-run`` set
 it) the engine connects to that cluster, after ``DMAML_RAY_NODES`` nodes (default 1) have joined;
