@@ -155,8 +155,7 @@ def _layout(table: pd.DataFrame, column: str,
     seeds = table.groupby(keys)["seed"].first()
     header = [", ".join(SHORT.get(k, k) for k in keys) + " (seed)",
               *(f"{column} {c}" for c in wide.columns)]
-    # a table the paper has no values for (Table 7) gets no rows of '-' under each of ours
-    paper = "verdict" in table and table["paper_mean"].notna().any()
+    paper = "verdict" in table
     if paper:
         papers = cells.assign(cell=[_paper_cell(r) for _, r in table.iterrows()]).pivot(
             index=keys, columns=column, values="cell")
@@ -177,8 +176,6 @@ def _layout(table: pd.DataFrame, column: str,
                      + ("higher / lower" if table["metric"].iloc[0] == "accuracy" else "lower / higher")
                      + "; - the paper has no value for that cell. Against the paper: "
                      + counts(table["verdict"]) + ".")
-    elif "verdict" in table:
-        notes.append("The paper has no values for this table (verdict -).")
     notes.append(f"Configuration: {describe(runs)}.")
     return header, rows, notes
 
