@@ -249,7 +249,8 @@ def _write_text(path: Path, text: str) -> None:
 TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("K", "shots_table")}
 FIGURES = {"workers": "workers_figure", "steps_per_run": "steps_per_run_figure",
            "tasks": "tasks_figure", "split": "split_figure", "extrapolation": "extrapolation_figure",
-           "workers_wall": "workers_wall_figure", "tasks_wall": "tasks_wall_figure"}
+           "workers_wall": "workers_wall_figure", "tasks_wall": "tasks_wall_figure",
+           "merge": "merge_figure"}
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -351,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="workers: Figure 3; steps_per_run: Figure 4; tasks: "
                                         "Figure 5; split: Figure 6; workers_wall, tasks_wall: "
                                         "Figures 3 and 5 against measured seconds, with a table "
-                                        "of seconds per step (.csv, .md) (inputs: run folders); "
+                                        "of seconds per step (.csv, .md); merge: Figure 7, "
+                                        "validation by merge strategy (inputs: run folders); "
                                         "extrapolation: Figure 2 (inputs: `dmaml evaluate "
                                         "--extrapolate` CSVs). Writes OUT as .png, .pdf and .txt."
                                         + _spelling("--max-step", "--max_step"))
