@@ -182,6 +182,8 @@ def table1(cluster, tmp_path_factory) -> dict:
     assert killed
     # the failed job's output is kept in its SLURM log; the rule's log is the retry's
     first = min(on_slurm.glob("logs/slurm/rule_train_dmaml/*/*.log"), key=lambda p: int(p.stem))
+    # what the lost node could not clean up: its Ray folder (ray_srun.sh's /tmp/ray-JOB-NODE)
+    shutil.rmtree(f"/tmp/ray-{first.stem}-1", ignore_errors=True)
     return {"slurm": on_slurm, "local": local, "slurm_out": slurm_out, "first": first.read_text(),
             "log": (on_slurm / f"logs/train_dmaml/{TRAINED}.log").read_text()}
 
