@@ -79,8 +79,11 @@ def cluster():
 
 
 def environment(cluster: LocalSlurm) -> dict[str, str]:
-    """The cluster's environment with this interpreter's bin folder (ray, dmaml) on PATH."""
-    return dict(cluster.env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    """The cluster's environment with this interpreter's bin folder (ray, dmaml) on PATH, and
+    the single-node Ray setting that a local cluster-engine run leaves in its process (as in this
+    test session): SLURM passes it on to the job, where it must not stop nodes from joining."""
+    return dict(cluster.env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
 
 
 def sbatch(cluster: LocalSlurm, args: list[str], log: Path, wait: bool = True,
@@ -159,7 +162,7 @@ def table1(cluster, tmp_path_factory) -> dict:
     config = ["table1", "--configfile", str(root / "table1.yaml")]
     xdg = root / "xdg"
     shutil.copytree(ROOT / "profiles" / "slurm", xdg / "snakemake" / "slurm")
-    env = dict(cluster.env, XDG_CONFIG_HOME=str(xdg), DMAML_RAY_ACTORS="2")
+    env = dict(environment(cluster), XDG_CONFIG_HOME=str(xdg), DMAML_RAY_ACTORS="2")
     proc = bounded([sys.executable, "-m", "snakemake", "--profile", "slurm", *config], on_slurm,
                    env, WORKFLOW_LIMIT, root / "slurm.out")
     try:

@@ -64,6 +64,10 @@ port=$((base + SLURM_NODEID % (PORTS_PER_JOB / PORTS_PER_NODE) * PORTS_PER_NODE)
 if ((SLURM_NNODES == 1)) && [[ $ip == 127.* ]]; then
   # A one-node cluster on loopback: Ray keeps all its addresses there too.
   export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+else
+  # Several nodes: that setting, inherited from the submitting shell (the cluster engine sets it
+  # for a local Ray instance), would make Ray refuse every node but the head.
+  unset RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 fi
 # Ports of another job's Ray (job ids a multiple of JOB_SLOTS apart) or of anything else: say so
 # now rather than let Ray fail later on a bind.
