@@ -108,7 +108,8 @@ def test_progress_eta_and_tensorboard(tmp_path, monkeypatch, caplog):
         Learner(sine(steps=30, eval_every=10, test_tasks=5, checkpoint_steps=[30]), run).train()
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == f"{run}: loading data"
-    assert "first run done in" in lines[2] and "compilation included" in lines[2]
+    assert lines[1].startswith(f"{run}: engine vectorized (auto: sine's small MLP on ")
+    assert "first run done in" in lines[3] and "compilation included" in lines[3]
     assert f"{run}: step 10: validation on 5 tasks (the first compiles the evaluation)" in lines
     assert f"{run}: step 30: test on 5 tasks (the first compiles the evaluation)" in lines
     between = [m for m in lines if m.startswith(f"{run}: step 5/30 | n=1 |")]
