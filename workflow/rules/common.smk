@@ -148,9 +148,14 @@ def run_dirs(name):
     return [RUN.format(**w) for w in runs(name)]
 
 
+def wildcard_settings(wildcards):
+    """The `dmaml train` settings of the run a training job's wildcards name."""
+    return grid.run_settings(config, **{k: wildcards[k] for k in ("experiment", *grid.GRID.values())})
+
+
 def run_flags(wildcards):
     """`dmaml train` flags of one run (every setting, so that a change re-runs the job)."""
-    values = grid.run_settings(config, **{k: wildcards[k] for k in ("experiment", *grid.GRID.values())})
+    values = wildcard_settings(wildcards)
     return " ".join(
         f"--{k} {json.dumps(v, separators=(',', ':'))!r}" if isinstance(v, list) else f"--{k} {v}"
         for k, v in sorted(values.items())
@@ -187,8 +192,7 @@ def train_mem(wildcards):
     conv4 workers), and 100 a worker. Peak RSS of a worker process measured by `dmaml bench`
     (n = 4 on 2 processes): Omniglot 1.1 GB (2.7 GB for 20-way tasks, which run task by task),
     miniImageNet 2.1 GB, sine 0.7 GB."""
-    run = grid.run_settings(config, **{k: wildcards[k] for k in ("experiment", *grid.GRID.values())})
-    cfg = resolve(RunConfig(**run))
+    cfg = resolve(RunConfig(**wildcard_settings(wildcards)))
     engine, _ = choose(cfg, train_threads(wildcards))
     processes = min(cfg.workers, train_threads(wildcards)) if engine == "processes" else 0
     big = cfg.ways * (cfg.shots + cfg.queries) > 20
