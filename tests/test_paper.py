@@ -17,19 +17,71 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "workflow" / "paper" / "tables.csv"
 
 
-@pytest.mark.parametrize("ours, theirs, metric, expected", [
-    ((0.80, 0.01), (0.81, 0.006), "accuracy", "="),      # overlap
-    ((0.80, 0.004), (0.81, 0.006), "accuracy", "="),     # intervals that touch
-    ((0.90, 0.01), (0.81, 0.006), "accuracy", "better"),
-    ((0.70, 0.01), (0.81, 0.006), "accuracy", "worse"),
-    ((0.50, 0.04), (0.52, 0.04), "mse", "="),
-    ((0.30, 0.04), (0.52, 0.04), "mse", "better"),       # lower MSE is better
-    ((0.70, 0.04), (0.52, 0.04), "mse", "worse"),
-    ((0.80, 0.01), (float("nan"), float("nan")), "accuracy", "-"),  # no paper value
-    ((float("nan"), float("nan")), (0.81, 0.006), "accuracy", "-"),  # no score of ours
+NAN = float("nan")
+HALF = 0.005  # the paper prints 2 decimals: 0.97 stands for [0.965, 0.975)
+
+
+@pytest.mark.parametrize("seeds, theirs, metric, rounding, expected", [
+    # one seed, the paper's ± a 95% interval: the test on the difference, sqrt(ci^2 + paper^2)
+    ([(0.80, 0.01)], (0.81, 0.006), "accuracy", 0, "="),
+    ([(0.83, 0.01)], (0.81, 0.006), "accuracy", 0, "better"),    # 0.02 > 0.0117
+    ([(0.823, 0.01)], (0.81, 0.006), "accuracy", 0, "better"),   # the intervals overlap, yet
+    ([(0.70, 0.01)], (0.81, 0.006), "accuracy", 0, "worse"),
+    ([(0.30, 0.04)], (0.52, 0.04), "mse", 0, "better"),          # lower MSE is better
+    ([(0.70, 0.04)], (0.52, 0.04), "mse", 0, "worse"),
+    # rounding: 0.97 stands for [0.965, 0.975)
+    ([(0.975, 0.001)], (0.97, 0.001), "accuracy", 0, "better"),
+    ([(0.975, 0.001)], (0.97, 0.001), "accuracy", HALF, "="),
+    ([(0.9755, 0.001)], (0.97, paper.paper_interval("omniglot", 0.002)), "accuracy", HALF, "="),
+    ([(0.979, 0.001)], (0.97, 0.002), "accuracy", HALF, "better"),
+    # a standard error widened to 95%: 0.017 is within sqrt(0.008^2 + (1.96 * 0.006)^2) + 0.005
+    ([(0.827, 0.008)], (0.81, 0.006), "accuracy", HALF, "better"),
+    ([(0.827, 0.008)], (0.81, paper.paper_interval("omniglot", 0.006)), "accuracy", HALF, "="),
+    # one seed against three: a seed of ours consistent with the paper makes the cell =
+    ([(0.90, 0.01)], (0.86, 0.006), "accuracy", HALF, "better"),
+    ([(0.90, 0.01), (0.865, 0.01), (0.91, 0.01)], (0.86, 0.006), "accuracy", HALF, "="),
+    ([(0.90, 0.01), (0.89, 0.01), (0.91, 0.01)], (0.86, 0.006), "accuracy", HALF, "better"),
+    # seeds on both sides of the paper's value, none consistent with it: between them, =
+    ([(0.80, 0.005), (0.90, 0.005)], (0.85, 0.002), "accuracy", HALF, "="),
+    # diverged seeds have no score: left out; all diverged, nothing to compare
+    ([(NAN, NAN), (0.70, 0.01)], (0.81, 0.006), "accuracy", HALF, "worse"),
+    ([(NAN, NAN), (0.81, 0.01)], (0.81, 0.006), "accuracy", HALF, "="),
+    ([(NAN, NAN)], (0.81, 0.006), "accuracy", HALF, "-"),
+    ([(0.80, 0.01)], (NAN, NAN), "accuracy", HALF, "-"),          # no paper value
 ])
-def test_verdict_on_hand_made_intervals(ours, theirs, metric, expected):
-    assert paper.verdict(*ours, *theirs, metric) == expected
+def test_verdict_on_hand_made_intervals(seeds, theirs, metric, rounding, expected):
+    assert paper.verdict(seeds, *theirs, metric, rounding) == expected
+
+
+def test_the_papers_omniglot_interval_is_read_as_a_standard_error():
+    assert paper.paper_interval("omniglot", 0.005) == pytest.approx(0.0098)
+    assert paper.paper_interval("miniimagenet", 0.005) == 0.005
+    assert paper.paper_interval("sine", 0.1) == 0.1
+
+
+def test_binomial_floor_of_a_95_percent_interval():
+    # 5-way 1-shot, one query per class: 600 tasks of 5 answers at p = 0.8
+    assert paper.binomial_floor(0.8, 600, 5) == pytest.approx(1.96 * (0.16 / 3000) ** 0.5)
+    cells = pd.DataFrame({"table": "t", "dataset": ["omniglot", "miniimagenet"], "ways": 5,
+                          "shots": 1, "metric": "accuracy", "mean": ["0.8", "0.5"],
+                          "ci95": ["0.007", "0.006"]})
+    ratios = paper.floor_ratios(cells)
+    assert ratios["answers"].tolist() == [5, 75]  # k' of the paper's Table 6: 1 and 15
+    assert ratios["ratio"].tolist() == pytest.approx(
+        [0.007 / paper.binomial_floor(0.8, 600, 5), 0.006 / paper.binomial_floor(0.5, 600, 75)])
+
+
+def test_the_papers_omniglot_intervals_are_below_the_floor():
+    """The evidence for reading the paper's Omniglot ± as a standard error: below the floor of a
+    95% interval in 102 of 108 cells, at a median near 1/1.96 for 1-shot; miniImageNet above."""
+    summary = paper.floor_summary(paper.load_paper(PAPER)).set_index(["table", "shots"])
+    omniglot = summary.loc[["table2", "table3", "table4"]]
+    assert omniglot["cells"].sum() == 108 and omniglot["below"].sum() == 102
+    assert summary.loc[("table2", 1), "median"] == pytest.approx(0.47, abs=0.005)
+    assert summary.loc[("table4", 1), "median"] == pytest.approx(0.49, abs=0.005)
+    assert summary.loc[("table3", 5), "median"] == pytest.approx(0.33, abs=0.005)
+    assert (summary.loc["table5", "below"] == 0).all()
+    assert summary.loc["table5", "median"].tolist() == pytest.approx([1.35, 1.30], abs=0.005)
 
 
 def test_transcribed_tables_have_the_papers_shape():
@@ -105,7 +157,12 @@ def test_cells_match_the_paper_on_their_settings_and_step_only(omniglot_runs, tm
     assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out),
                  "--paper", str(PAPER), "--paper-table", "table2"]) == 0
     csv = pd.read_csv(out, dtype=str, keep_default_na=False).set_index(["workers", "step"])
-    assert list(csv.columns[-4:]) == ["paper_mean", "paper_ci95", "difference", "verdict"]
+    assert list(csv.columns[-6:]) == ["paper_mean", "paper_ci95", "paper_ci95_used", "difference",
+                                      "seeds_compared", "verdict"]
+    # the paper's Omniglot ± is a standard error: 0.006 x 1.96 is the 95% interval used
+    assert csv.loc[("1", "500"), ["paper_ci95_used", "seeds", "seed_min", "seed_max",
+                                  "seed_scores"]].tolist() == ["0.012", "0", "0.812", "0.812",
+                                                               "0: 0.812 ± 0.010"]
     assert csv.loc[("1", "500"), ["mean", "paper_mean", "paper_ci95", "difference", "verdict"]
                    ].tolist() == ["0.812", "0.81", "0.006", "+0.00", "="]
     assert csv.loc[("2", "500"), ["paper_mean", "difference", "verdict"]].tolist() == [
@@ -115,11 +172,14 @@ def test_cells_match_the_paper_on_their_settings_and_step_only(omniglot_runs, tm
 
     md = out.with_suffix(".md").read_text()
     assert "| 1 (0) | 0.500 ± 0.010 | 0.812 ± 0.010 |" in md
-    assert "| paper | - | 0.81 ± 0.006 · +0.00 · = |" in md
-    assert "| paper | - | 0.84 ± 0.006 · +0.11 · better |" in md
+    assert "| paper | - | 0.81 ± 0.006 · +0.00 · = (1 seed) |" in md
+    assert "| paper | - | 0.84 ± 0.006 · +0.11 · better (1 seed) |" in md
+    assert md.count("| paper |") == 2  # none under n = 3: the paper has no value in its row
     assert "Against the paper: 2 of 6 cells compared: 1 =, 1 better, 0 worse." in md
+    assert paper.RULE in md
     html = out.with_suffix(".html").read_text()
-    assert '<tr class="paper"><td>paper</td><td>-</td><td>0.84 ± 0.006 · +0.11 · better</td>' in html
+    assert ('<tr class="paper"><td>paper</td><td>-</td><td>0.84 ± 0.006 · +0.11 · better (1 seed)'
+            '</td>') in html
 
     # another table of the paper (5-way 5-shot) has no cell of these 1-shot runs
     assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out),
@@ -151,7 +211,9 @@ def test_table1_matches_on_k_and_the_runs_last_step(tmp_path):
     assert csv.loc[("10000", "5"), ["shots", "paper_mean", "difference", "verdict"]].tolist() == [
         "10", "1.02", "+0.28", "worse"]  # 1.3 ± 0.1 against 1.02 ± 0.08: higher MSE
     assert (csv.drop(("10000", "5"))["verdict"] == "-").all()
-    assert "| paper | 1.02 ± 0.08 · +0.28 · worse | - |" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "| paper | 1.02 ± 0.08 · +0.28 · worse (1 seed) | - |" in md
+    assert md.count("| paper |") == 1  # not under the run of 200 steps: no value of the paper
 
 
 def test_reproduction_sums_up_each_table(omniglot_runs, tmp_path):
@@ -176,7 +238,7 @@ def test_reproduction_sums_up_each_table(omniglot_runs, tmp_path):
 def test_reproduction_needs_tables_made_with_the_paper(omniglot_runs, tmp_path, capsys):
     out = tmp_path / "table2.csv"
     assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out)]) == 0
-    assert "paper" not in out.with_suffix(".md").read_text()  # without --paper: ours alone
+    assert "| paper |" not in out.with_suffix(".md").read_text()  # without --paper: ours alone
     assert paper.main([str(out), "--paper", str(PAPER), "--out", str(tmp_path / "r.md")]) == 2
     assert f"{out}: no verdict column" in capsys.readouterr().err
 

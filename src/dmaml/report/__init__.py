@@ -6,8 +6,10 @@ A run folder (written by ``dmaml train``) holds ``config.yaml``, ``metrics.csv``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import yaml
 
@@ -46,11 +48,63 @@ def load_runs(runs: list[str | Path]) -> pd.DataFrame:
         info_file = run / "run.json"
         info = (yaml.safe_load(info_file.read_text()) or {}) if info_file.exists() else {}
         rows.append({**{k: cfg.get(k) for k in SETTINGS}, "strategy": strategy(cfg), "run": str(run),
+                     "validation": validation_classes(cfg.get("dataset"), cfg.get("data")),
                      "status": info.get("status", "unknown"), **{k: info.get(k) for k in TIMING},
                      "code": f"dmaml {info.get('dmaml', '?')} (git {info.get('git', '?')})"})
     if not rows:
         raise ReportError("no run folders given")
     return pd.DataFrame(rows)
+
+
+# where a run's validation tasks (which choose the seed of a table's row) come from
+TEST_CLASSES = "the test classes"
+HELD_OUT = "held-out alphabets"
+AMONG_TEST = "the val classes, which are also tested on"
+UNKNOWN = "not known"
+
+
+def validation_classes(dataset: str | None, data: str | None) -> str:
+    """Where the validation tasks of a run of ``dataset`` on the data file ``data`` come from, as
+    its preprocessing recorded it: :data:`TEST_CLASSES` (Omniglot with ``val_alphabets: 0``, the
+    paper's protocol), :data:`HELD_OUT`, :data:`AMONG_TEST` (miniImageNet with val and test
+    classes aggregated for testing, the paper's), :data:`UNKNOWN` (no such file here); sine: its
+    own task stream."""
+    if dataset == "sine":
+        return "sine tasks of their own stream"
+    path = Path(data) if data else None
+    if path is None or not path.is_file():
+        return UNKNOWN
+    with h5py.File(path, "r") as f:
+        prep = json.loads(f.attrs.get("preprocessing", "{}"))
+    if dataset == "omniglot":
+        val = prep.get("val")
+        return f"{len(val)} {HELD_OUT}" if isinstance(val, list) else TEST_CLASSES
+    return AMONG_TEST if prep.get("aggregate_val_test") else "the val classes"
+
+
+ALTERNATIVE = ("`omniglot: val_alphabets: N` holds N evaluation alphabets out of the test set "
+               "for validation instead")
+
+
+def selection_note(where: list[str] | set[str]) -> str:
+    """What the seed choice of a table's rows looked at (``where``: the :func:`validation_classes`
+    of its runs), for captions: with validation tasks from the test classes the choice has seen
+    them; say so, and the alternative."""
+    where = sorted(set(where))
+    known = [w for w in where if w != UNKNOWN]
+    text = "Each row's seed is chosen by its validation score"
+    if known:
+        text += f" on tasks from {' / '.join(known)}"
+    if TEST_CLASSES in where:
+        text += (" (Omniglot with `omniglot: val_alphabets: 0`, the paper's protocol): the seed "
+                 f"choice has seen the test classes; {ALTERNATIVE}")
+    elif UNKNOWN in where:
+        text += (" (on which classes is not known here, without the data file: with `omniglot: "
+                 "val_alphabets: 0`, the default and the paper's protocol, the test classes, so "
+                 f"the seed choice has seen them; {ALTERNATIVE})")
+    elif AMONG_TEST in where:
+        text += " (the seed choice has seen some of the test classes, as the paper's)"
+    return text + "."
 
 
 def metrics(run: str | Path) -> pd.DataFrame:
@@ -69,8 +123,11 @@ NONE = "-"
 
 
 def counts(verdicts: pd.Series) -> str:
-    """How many cells of each verdict: ``12 of 18 cells compared: 8 =, 1 better, 3 worse``."""
+    """How many cells of each verdict: ``12 of 18 cells compared: 8 =, 1 better, 3 worse``, and
+    plainly so when none could be."""
     compared = verdicts[verdicts != NONE]
+    if compared.empty:
+        return f"0 of {len(verdicts)} cells compared: the paper has no value for any of them"
     return (f"{len(compared)} of {len(verdicts)} cells compared: "
             + ", ".join(f"{(compared == v).sum()} {v}" for v in VERDICTS))
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dmaml.report import IDENTITY, SETTINGS, SHORT, ReportError, counts, describe, listing, load_runs, metrics
+from dmaml.report import (IDENTITY, SETTINGS, SHORT, ReportError, counts, describe, listing, load_runs,
+                          metrics, selection_note)
 
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
@@ -76,32 +77,55 @@ def cell(mean: float, ci: float) -> str:
     return f"{mean_text} ± {ci_text}" if mean_text else "—"
 
 
+def _choose(group: pd.DataFrame) -> pd.Series:
+    """The run of ``group`` (the seeds of one row) whose final validation score is best; a run
+    that diverged only when every seed did."""
+    scores = []
+    for run in group["run"]:
+        m = metrics(run)
+        if m.empty:
+            raise ReportError(f"{run}: metrics.csv has no rows; the run has not validated yet")
+        last = m.iloc[-1]
+        scores.append(last["val_acc"] if "val_acc" in m else -last["val_loss"])
+    group = group.assign(final_val=scores, ok=group["status"] != "diverged")
+    return group.sort_values(["ok", "final_val"], kind="stable", na_position="first").iloc[-1]
+
+
+def rows(runs: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]]:
+    """For each row (see :func:`row_keys`): its chosen run (:func:`_choose`) and all its seeds."""
+    return [(_choose(group), group) for _, group in runs.groupby(row_keys(runs), sort=True)]
+
+
 def best_seeds(runs: pd.DataFrame) -> pd.DataFrame:
     """For each row (see :func:`row_keys`), the run whose final validation score is best; a run
     that diverged is chosen only when every seed did."""
-    chosen = []
-    for _, group in runs.groupby(row_keys(runs), sort=True):
-        scores = []
-        for run in group["run"]:
-            m = metrics(run)
-            if m.empty:
-                raise ReportError(f"{run}: metrics.csv has no rows; the run has not validated yet")
-            last = m.iloc[-1]
-            scores.append(last["val_acc"] if "val_acc" in m else -last["val_loss"])
-        group = group.assign(final_val=scores, ok=group["status"] != "diverged")
-        chosen.append(group.sort_values(["ok", "final_val"], kind="stable",
-                                        na_position="first").iloc[-1])
-    return pd.DataFrame(chosen).reset_index(drop=True)
+    return pd.DataFrame([best for best, _ in rows(runs)]).reset_index(drop=True)
+
+
+# a cell's scores of every seed of its row: [(seed, mean, ci95), ...], NaN where a seed has none
+SEED_SCORES = "seed_scores"
+
+
+def _seed_scores(scores: dict[int, pd.DataFrame], column: str, value) -> list[tuple]:
+    """The scores at ``column`` = ``value`` of each seed (``scores``: seed -> its test scores)."""
+    out = []
+    for seed, frame in sorted(scores.items()):
+        match = frame[frame[column] == value]
+        mean, ci = (match["mean"].iloc[0], match["ci95"].iloc[0]) if len(match) else (math.nan,
+                                                                                       math.nan)
+        out.append((int(seed), float(mean), float(ci)))
+    return out
 
 
 def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 2-5: test scores at each checkpoint step of the best seed per n."""
     runs = load_runs(run_dirs)
     keys = config_columns(runs)
-    rows = []
-    for _, best in best_seeds(runs).iterrows():
+    cells = []
+    for best, group in rows(runs):
         run = Path(best["run"])
         test = pd.read_csv(run / "test.csv")
+        seeds = {s: pd.read_csv(Path(r) / "test.csv") for s, r in zip(group["seed"], group["run"])}
         if best["status"] == "diverged":  # no scores from the divergence on: empty cells
             steps = yaml.safe_load((run / "config.yaml").read_text())["checkpoint_steps"]
             missing = sorted(set(steps) - set(test["step"]))
@@ -111,10 +135,11 @@ def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataF
             raise ReportError(f"{run}: test.csv has no rows; set checkpoint_steps and "
                               "test_tasks > 0")
         for _, t in test.iterrows():
-            rows.append({**{k: best[k] for k in keys}, "seed": best["seed"],
-                         "step": int(t["step"]), "metric": t["metric"], "mean": t["mean"],
-                         "ci95": t["ci95"], "tasks": int(t["tasks"]), "status": best["status"]})
-    return pd.DataFrame(rows), runs
+            cells.append({**{k: best[k] for k in keys}, "seed": best["seed"],
+                          "step": int(t["step"]), "metric": t["metric"], "mean": t["mean"],
+                          "ci95": t["ci95"], "tasks": int(t["tasks"]), "status": best["status"],
+                          "validation": best["validation"], SEED_SCORES: _seed_scores(seeds, "step", t["step"])})
+    return pd.DataFrame(cells), runs
 
 
 def shots_table(evaluations: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -124,10 +149,49 @@ def shots_table(evaluations: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFra
     results = results.rename(columns={"shots": "K"})  # K of the test; shots: of the training
     runs = load_runs(sorted(set(results["run"])))
     keys = config_columns(runs)
-    best = best_seeds(runs)
-    best = best[["run", *keys, "seed", "status"]].assign(step=best["steps"])
-    table = results.merge(best, on="run")
-    return table[[*keys, "seed", "K", "step", "metric", "mean", "ci95", "tasks", "status"]], runs
+    chosen = []
+    for best, group in rows(runs):
+        seeds = {s: results[results["run"] == r] for s, r in zip(group["seed"], group["run"])}
+        chosen += [{**{k: best[k] for k in ("run", *keys, "seed", "status", "validation")}, "K": k,
+                    "step": best["steps"], SEED_SCORES: _seed_scores(seeds, "K", k)}
+                   for k in sorted(set(seeds[best["seed"]]["K"]))]
+    table = results.merge(pd.DataFrame(chosen), on=["run", "K"])
+    return table[[*keys, "seed", "K", "step", "metric", "mean", "ci95", "tasks", "status",
+                  "validation", SEED_SCORES]], runs
+
+
+def seed_range(scores: list[tuple]) -> tuple[str, str, str]:
+    """The seeds of ``scores`` (:data:`SEED_SCORES`) that have a score, and the lowest and highest
+    of their means, as the table shows them (:func:`scores_text`): ``("0, 1", "0.80", "0.83")``."""
+    shown = [(seed, scores_text(m, c)[0]) for seed, m, c in scores]
+    shown = sorted(((seed, m) for seed, m in shown if m), key=lambda x: float(x[1]))
+    if not shown:
+        return "", "", ""
+    return listing(seed for seed, _ in shown), shown[0][1], shown[-1][1]
+
+
+def seed_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with :data:`SEED_SCORES` as text (``0: 0.812 ± 0.010; 1: —``) and the columns
+    ``seeds`` (those with a score), ``seed_min`` and ``seed_max`` (:func:`seed_range`) after
+    ``ci95``; unchanged without :data:`SEED_SCORES`."""
+    if SEED_SCORES not in table:
+        return table
+    ranges = pd.DataFrame([seed_range(x) for x in table[SEED_SCORES]],
+                          columns=["seeds", "seed_min", "seed_max"], index=table.index)
+    text = ["; ".join(f"{seed}: {cell(m, c)}" for seed, m, c in x) for x in table[SEED_SCORES]]
+    out = table.drop(columns=SEED_SCORES)
+    at = list(out.columns).index("ci95") + 1
+    for i, (name, values) in enumerate([*ranges.items(), (SEED_SCORES, text)]):
+        out.insert(at + i, name, values)
+    return out
+
+
+def _our_cell(row: pd.Series) -> str:
+    """A cell of ours: 'mean ± ci95' of the chosen seed, with the range of the means over all
+    seeds after it where more than one has a score: '0.812 ± 0.010 (0.795–0.830)'."""
+    text = cell(row["mean"], row["ci95"]) + (" †" if row["status"] == "diverged" else "")
+    seeds, low, high = seed_range(row[SEED_SCORES]) if SEED_SCORES in row else ("", "", "")
+    return text + (f" ({low}–{high})" if "," in seeds else "")
 
 
 PAPER_ROW = "paper"  # the first cell of the row under each of ours that shows the paper's
@@ -138,7 +202,8 @@ def _paper_cell(row: pd.Series) -> str:
     where the paper has none (:func:`dmaml.report.paper.compare` adds these columns)."""
     if pd.isna(row["paper_mean"]):
         return row["verdict"]
-    parts = [f"{row['paper_mean']} ± {row['paper_ci95']}", row["difference"], row["verdict"]]
+    one = " (1 seed)" if row.get("seeds_compared") == 1 else ""
+    parts = [f"{row['paper_mean']} ± {row['paper_ci95']}", row["difference"], row["verdict"] + one]
     return " · ".join(p for p in parts if p)
 
 
@@ -149,8 +214,7 @@ def _layout(table: pd.DataFrame, column: str,
     the notes below the table."""
     keys = [k for k in row_keys(runs) if k != column]
     table = table.sort_values([*keys, column])
-    cells = table.assign(cell=[cell(m, c) + (" †" if s == "diverged" else "")
-                               for m, c, s in zip(table["mean"], table["ci95"], table["status"])])
+    cells = table.assign(cell=[_our_cell(r) for _, r in table.iterrows()])
     wide = cells.pivot(index=keys, columns=column, values="cell")
     seeds = table.groupby(keys)["seed"].first()
     header = [", ".join(SHORT.get(k, k) for k in keys) + " (seed)",
@@ -159,25 +223,35 @@ def _layout(table: pd.DataFrame, column: str,
     if paper:
         papers = cells.assign(cell=[_paper_cell(r) for _, r in table.iterrows()]).pivot(
             index=keys, columns=column, values="cell")
-    rows = []
+        # the paper's row only under a row of ours with at least one cell of the paper
+        valued = table.assign(v=table["paper_mean"].notna()).groupby(keys)["v"].any()
+    lines = []
     for index, row in wide.iterrows():
-        rows.append([", ".join(map(str, index if isinstance(index, tuple) else (index,)))
-                     + f" ({seeds[index]})", *row.fillna("")])
-        if paper:
-            rows.append([PAPER_ROW, *papers.loc[index].fillna("")])
-    notes = [f"Cells: test {table['metric'].iloc[0]}, mean ± 95% CI over {table['tasks'].max()} "
-             f"test tasks, of the seed (of {listing(runs['seed'])}) with the best validation score "
-             "after the last step."
+        lines.append([", ".join(map(str, index if isinstance(index, tuple) else (index,)))
+                      + f" ({seeds[index]})", *row.fillna("")])
+        if paper and valued[index]:
+            lines.append([PAPER_ROW, *papers.loc[index].fillna("")])
+    several = SEED_SCORES in table and any("," in seed_range(x)[0] for x in table[SEED_SCORES])
+    notes = [f"Cells: test {table['metric'].iloc[0]}, mean ± 95% CI (1.96·SD/√tasks) over "
+             f"{table['tasks'].max()} test tasks, of the seed (of {listing(runs['seed'])}) with "
+             "the best validation score after the last step"
+             + ("; in parentheses, the lowest and highest mean over all seeds." if several else ".")
              + (" † the run diverged (— : no score after that)."
-                if (table["status"] == "diverged").any() else "")]
-    if paper:
-        notes.append("Under each row, the paper's value of that cell · ours - paper · verdict: = "
-                     "the two 95% intervals overlap; better / worse: they do not, and ours is "
-                     + ("higher / lower" if table["metric"].iloc[0] == "accuracy" else "lower / higher")
-                     + "; - the paper has no value for that cell. Against the paper: "
+                if (table["status"] == "diverged").any() else "")
+             + " " + selection_note(runs["validation"])]
+    if paper and valued.any():
+        from dmaml.report.paper import RULE  # the report's one statement of the rule
+
+        notes.append("Under each row with a value of the paper: the paper's value of that cell "
+                     "· ours (chosen seed) - paper · verdict (" + ("higher" if table["metric"].iloc[0]
+                                                                   == "accuracy" else "lower")
+                     + " is better; - the paper has no value for that cell; (1 seed): only one "
+                     "seed of ours has a score there). " + RULE + " Against the paper: "
                      + counts(table["verdict"]) + ".")
+    elif paper:
+        notes.append("The paper has no value for any cell of this table: nothing is compared.")
     notes.append(f"Configuration: {describe(runs)}.")
-    return header, rows, notes
+    return header, lines, notes
 
 
 def markdown(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame) -> str:
@@ -216,7 +290,7 @@ def write(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame, out:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scores = [scores_text(m, c) for m, c in zip(table["mean"], table["ci95"])]
-    csv = table.assign(mean=[m for m, _ in scores], ci95=[c for _, c in scores])
+    csv = seed_columns(table.assign(mean=[m for m, _ in scores], ci95=[c for _, c in scores]))
     for path, text in ((out, csv.to_csv(index=False)),
                        (out.with_suffix(".md"), markdown(table, column, title, runs)),
                        (out.with_suffix(".html"), html_page(table, column, title, runs))):
