@@ -23,8 +23,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dmaml.report import (IDENTITY, SETTINGS, SHORT, ReportError, counts, describe, listing, load_runs,
-                          metrics, selection_note)
+from dmaml.report import (
+    IDENTITY,
+    SETTINGS,
+    SHORT,
+    ReportError,
+    counts,
+    describe,
+    listing,
+    load_runs,
+    metrics,
+    selection_note,
+)
 
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
@@ -138,7 +148,8 @@ def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataF
             cells.append({**{k: best[k] for k in keys}, "seed": best["seed"],
                           "step": int(t["step"]), "metric": t["metric"], "mean": t["mean"],
                           "ci95": t["ci95"], "tasks": int(t["tasks"]), "status": best["status"],
-                          "validation": best["validation"], SEED_SCORES: _seed_scores(seeds, "step", t["step"])})
+                          "validation": best["validation"],
+                          SEED_SCORES: _seed_scores(seeds, "step", t["step"])})
     return pd.DataFrame(cells), runs
 
 
