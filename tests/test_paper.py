@@ -11,7 +11,7 @@ import pytest
 from dmaml import config
 from dmaml.cli import main
 from dmaml.errors import ReportError
-from dmaml.report import paper
+from dmaml.report import caveats, paper
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "workflow" / "paper" / "tables.csv"
@@ -128,14 +128,15 @@ def test_a_wrong_paper_file_is_a_clear_error(tmp_path, edit, message):
 
 
 def run_folder(path: Path, tests: dict[int, tuple[float, float]], steps: int = 10000,
-               tasks: int = 600, **settings) -> Path:
-    """A finished run folder, as `dmaml train` leaves it, with these test scores per step."""
+               tasks: int = 600, val: float = 0.5, status: str = "finished", **settings) -> Path:
+    """A run folder, as `dmaml train` leaves it, with these test scores per step and this final
+    validation score."""
     cfg = config.load(None, {"steps": steps, "checkpoint_steps": sorted(tests), **settings})
     path.mkdir(parents=True)
     config.dump(cfg, path / "config.yaml")
-    (path / "run.json").write_text(json.dumps({"status": "finished", "dmaml": "0", "git": "x"}))
+    (path / "run.json").write_text(json.dumps({"status": status, "dmaml": "0", "git": "x"}))
     score = "val_acc" if cfg.dataset != "sine" else "val_loss"
-    pd.DataFrame({"step": [steps], score: [0.5]}).to_csv(path / "metrics.csv", index=False)
+    pd.DataFrame({"step": [steps], score: [val]}).to_csv(path / "metrics.csv", index=False)
     pd.DataFrame([{"step": s, "metric": "accuracy", "mean": m, "ci95": c, "tasks": tasks}
                   for s, (m, c) in tests.items()]).to_csv(path / "test.csv", index=False)
     return path
@@ -276,3 +277,106 @@ def test_reproduction_names_settings_unlike_the_papers(tmp_path):
     assert "| table2 | 2 | 0 | 0 | 0 | 0 |" in text and "Largest" not in text
     assert "- Not compared: 2 cells, the paper has no value for step = 50, 200." in text
     assert "- Unlike the paper (its Table 6): t = 8 (paper 32), 200 test tasks (paper 600)." in text
+
+
+@pytest.fixture
+def seeded_runs(tmp_path) -> list[Path]:
+    """Table 2's n = 1 with three seeds (seed 2 validates best) and n = 2 with two, of which
+    seed 1 diverged after step 500; the paper: n = 1 0.81 ± 0.006 and 0.82 ± 0.007 at 500 and
+    1,000, n = 2 0.84 ± 0.006 and 0.86 ± 0.006."""
+    n1 = {0: ({500: (0.90, 0.01), 1000: (0.90, 0.01)}, 0.6),
+          1: ({500: (0.815, 0.01), 1000: (0.95, 0.01)}, 0.5),
+          2: ({500: (0.92, 0.01), 1000: (0.93, 0.01)}, 0.7)}
+    dirs = [run_folder(tmp_path / f"n1-s{seed}", tests, val=val, seed=seed, dataset="omniglot",
+                       workers=1) for seed, (tests, val) in n1.items()]
+    dirs.append(run_folder(tmp_path / "n2-s0", {500: (0.90, 0.01), 1000: (0.95, 0.01)},
+                           seed=0, dataset="omniglot", workers=2))
+    diverged = run_folder(tmp_path / "n2-s1", {500: (0.845, 0.01)}, seed=1, dataset="omniglot",
+                          workers=2, status="diverged")
+    config.dump(config.load(None, {"steps": 10000, "checkpoint_steps": [500, 1000], "seed": 1,
+                                   "dataset": "omniglot", "workers": 2}), diverged / "config.yaml")
+    return [*dirs, diverged]
+
+
+def test_cells_show_the_chosen_seed_and_the_range_over_seeds(seeded_runs, tmp_path):
+    out = tmp_path / "table2.csv"
+    assert main(["table", "checkpoints", *map(str, seeded_runs), "--out", str(out),
+                 "--paper", str(PAPER), "--paper-table", "table2"]) == 0
+    csv = pd.read_csv(out, dtype=str, keep_default_na=False).set_index(["workers", "step"])
+    columns = ["seed", "mean", "seeds", "seed_min", "seed_max", "seeds_compared", "verdict"]
+    # n = 1, step 500: the chosen seed (2) alone would be `better`; seed 1 agrees with the paper
+    assert csv.loc[("1", "500"), columns].tolist() == ["2", "0.920", "0, 1, 2", "0.815", "0.920",
+                                                       "3", "="]
+    # step 1,000: every seed beyond the paper's 0.82 ± 1.96 x 0.007
+    assert csv.loc[("1", "1000"), columns].tolist() == ["2", "0.930", "0, 1, 2", "0.900", "0.950",
+                                                        "3", "better"]
+    assert csv.loc[("1", "500"), "seed_scores"] == ("0: 0.900 ± 0.010; 1: 0.815 ± 0.010; "
+                                                    "2: 0.920 ± 0.010")
+    # n = 2: seed 1 diverged after step 500, so step 1,000 rests on seed 0 alone
+    assert csv.loc[("2", "500"), ["seed", "seeds", "seeds_compared", "verdict"]].tolist() == [
+        "0", "0, 1", "2", "="]  # seed 1's 0.845 agrees with 0.84
+    assert csv.loc[("2", "1000"), ["seeds", "seed_scores", "seeds_compared", "verdict"]].tolist() \
+        == ["0", "0: 0.950 ± 0.010; 1: —", "1", "better"]
+    md = out.with_suffix(".md").read_text()
+    assert "| 1 (2) | 0.920 ± 0.010 (0.815–0.920) | 0.930 ± 0.010 (0.900–0.950) |" in md
+    assert "| 2 (0) | 0.900 ± 0.010 (0.845–0.900) | 0.950 ± 0.010 |" in md
+    assert "| paper | 0.84 ± 0.006 · +0.06 · = | 0.86 ± 0.006 · +0.09 · better (1 seed) |" in md
+    assert "in parentheses, the lowest and highest mean over all seeds" in md
+
+    page = tmp_path / "reproduction.md"
+    assert paper.main([str(out), "--paper", str(PAPER), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "| table2 | 4 | 4 | 2 | 2 | 0 | 1 |" in text
+    assert "n = 1, step 1000: ours 0.930 ± 0.010 (seeds 0.900–0.950), paper 0.82 ± 0.007" in text
+    assert "1 compared cell(s) rest on one seed of ours" in text
+
+
+def test_one_setting_shows_one_value_in_every_table(seeded_runs, tmp_path):
+    """The seed of a row is chosen among the runs the table is given: a table given every seed of
+    a setting (the workflow gives each table all the seeds its config trains for a run folder,
+    `grid.with_all_seeds`) shows the value of any other table given them."""
+    from dmaml.report import tables
+
+    full, _ = tables.checkpoint_table(seeded_runs[:3])
+    again, _ = tables.checkpoint_table([*seeded_runs[:3], *seeded_runs[3:]])
+    one = again[again["workers"] == 1].reset_index(drop=True)
+    assert one[["seed", "step", "mean"]].equals(full[["seed", "step", "mean"]])
+
+
+def test_a_page_that_compares_nothing_says_so(tmp_path):
+    run = run_folder(tmp_path / "n1", {50: (0.5, 0.01)}, steps=50, tasks=200, dataset="omniglot",
+                     workers=1, tasks_per_step=8)
+    out = tmp_path / "table2.csv"
+    assert main(["table", "checkpoints", str(run), "--out", str(out), "--paper", str(PAPER),
+                 "--paper-table", "table2"]) == 0
+    text = paper.reproduction([out], paper.load_paper(PAPER))
+    assert "**This page answers nothing: none of our 1 cells has a value of the paper" in text
+    assert "`presets/check.yaml`" in text and "| table2 | 1 | 0 | 0 | 0 | 0 | 0 |" in text
+    md = out.with_suffix(".md").read_text()
+    assert "| paper |" not in md
+    assert "The paper has no value for any cell of this table: nothing is compared." in md
+
+
+def test_the_page_states_the_rule_the_papers_interval_and_what_it_leaves_open(omniglot_runs,
+                                                                              tmp_path):
+    out = tmp_path / "table2.csv"
+    assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out),
+                 "--paper", str(PAPER), "--paper-table", "table2"]) == 0
+    text = paper.reproduction([out], paper.load_paper(PAPER))
+    assert paper.RULE in text and "This page answers nothing" not in text
+    assert "| table2 | omniglot | 5 | 1 | 36 | 35 | 0.47 | 0.42-1.03 |" in text
+    assert "| table5 | miniimagenet | 5 | 5 | 12 | 0 | 1.30 | 1.30-1.31 |" in text
+    assert "below the floor in 102 of 108 cells, at a median 0.47 (5-way 1-shot)" in text
+    assert "Ours (1.96·SD/√tasks, 600 tasks, 5 query examples a task): 6 cells at" in text
+    assert "val_alphabets: N` holds N evaluation alphabets out" in text
+    for point, _, _ in caveats.OPEN:
+        assert f"- **{point}.** The paper: " in text
+
+
+def test_readme_and_docs_state_the_rule_and_the_open_points():
+    readme = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "reproduction.md").read_text()
+    assert paper.RULE in readme and paper.RULE in docs
+    for line in caveats.markdown():
+        assert line in docs
+    assert "presets/check.yaml" in readme and "about ±0.006" not in readme
