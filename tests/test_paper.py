@@ -331,16 +331,32 @@ def test_cells_show_the_chosen_seed_and_the_range_over_seeds(seeded_runs, tmp_pa
     assert "1 compared cell(s) rest on one seed of ours" in text
 
 
-def test_one_setting_shows_one_value_in_every_table(seeded_runs, tmp_path):
-    """The seed of a row is chosen among the runs the table is given: a table given every seed of
-    a setting (the workflow gives each table all the seeds its config trains for a run folder,
-    `grid.with_all_seeds`) shows the value of any other table given them."""
+def test_one_setting_shows_one_value_in_every_table(seeded_runs):
+    """A row's seed is chosen among the runs a table is given, so every table showing a setting
+    must be given all its seeds: the workflow's grid gives each table and figure every seed the
+    configuration trains in a run folder it uses. In the quick preset Table 7's n = 1 reference
+    and its mean n = 4 runs (Figure 7 asks for seed 0) are Table 2's, with Table 2's seeds."""
+    from dmaml import grid, plan
     from dmaml.report import tables
 
-    full, _ = tables.checkpoint_table(seeded_runs[:3])
-    again, _ = tables.checkpoint_table([*seeded_runs[:3], *seeded_runs[3:]])
-    one = again[again["workers"] == 1].reset_index(drop=True)
-    assert one[["seed", "step", "mean"]].equals(full[["seed", "step", "mean"]])
+    cfg = plan.load_config(ROOT, [ROOT / "presets" / "quick.yaml"])
+    seeds = {}
+    for name in ("table2", "table7", "fig7"):
+        for w in grid.runs(cfg, name):
+            seeds.setdefault((name, grid.setting(w)), set()).add(w["seed"])
+    shared = {s for (name, s) in seeds if name == "table2"} & {s for (name, s) in seeds
+                                                              if name == "table7"}
+    assert {s.split("/")[1] for s in shared} == {"omniglot-5w1s-n1-m1-t8-mean-mean",
+                                                  "omniglot-5w1s-n4-m1-t8-mean-mean"}
+    for setting in shared:
+        assert seeds[("table2", setting)] == seeds[("table7", setting)] == seeds[
+            ("fig7", setting)] == {0, 1}
+    assert seeds[("table7", "table2/omniglot-5w1s-n4-m1-t8-weighted-mean/seed*")] == {0}
+    # and given the same seeds, two tables choose the same one
+    alone, _ = tables.checkpoint_table(seeded_runs[:3])
+    beside, _ = tables.checkpoint_table(seeded_runs)
+    ones = beside[beside["workers"] == 1].reset_index(drop=True)
+    assert ones[["seed", "step", "mean"]].equals(alone[["seed", "step", "mean"]])
 
 
 def test_a_page_that_compares_nothing_says_so(tmp_path):

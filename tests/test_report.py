@@ -79,7 +79,10 @@ def test_shots_table_and_figures_through_the_cli(runs, tmp_path):
         for suffix in (".png", ".pdf", ".txt"):
             assert (tmp_path / kind).with_suffix(suffix).stat().st_size > 0
     assert main(["figure", "extrapolation", *map(str, curves), "--out", str(tmp_path / "f2")]) == 0
-    assert "seed in {0, 1}" in (tmp_path / "f2.txt").read_text()
+    caption = (tmp_path / "f2.txt").read_text()
+    assert "each n's seed with the best validation score of seeds 0, 1" in caption
+    chosen = sorted(set(tables.best_seeds(tables.load_runs(runs))["seed"]))  # one line per n
+    assert (f"seed={chosen[0]}" if len(chosen) == 1 else "seed in {0, 1}") in caption
 
 
 def test_not_a_run_folder(tmp_path, caplog):
@@ -256,7 +259,8 @@ def test_table7_has_a_row_per_strategy_and_no_paper_values(strategies, tmp_path)
     text = (tmp_path / "t7.md").read_text()
     assert "| strategy, n (seed) | step 20 | step 40 |" in text
     assert "| weighted T=0.5, 2 (0) |" in text and "| mean; n=1 from step 20, 2 (0) |" in text
-    assert text.count("| paper | - | - |") == 5 and "Against the paper: 0 of 10 cells compared" in text
+    assert "| paper |" not in text  # the paper has no Table 7: no rows of its values
+    assert "The paper has no value for any cell of this table: nothing is compared." in text
     assert set(pd.read_csv(tmp_path / "t7.csv")["strategy"]) == STRATEGY_NAMES
 
 
@@ -270,8 +274,11 @@ def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path)
         assert (tmp_path / "f7").with_suffix(suffix).stat().st_size > 0
     caption = (tmp_path / "f7.txt").read_text()
     assert caption.startswith("Figure 7: validation score for each merge strategy")
-    assert "n = 2, t = 10, 40 MAML steps; strategies: drop_worst 1, mean, mean; n=1 from step 20, " \
-           "weighted T=0.5" in caption
+    assert "n = 2, t = 10, 40 MAML steps; strategies: 'drop_worst 1', 'mean', 'mean; n=1 from step " \
+           "20', 'weighted T=0.5'" in caption
+    assert ("This figure cannot answer its question: 40 MAML steps, while the paper's divergence "
+            "begins after 1,500 (its Section 4.3); n = 2, while the paper's Table 2 diverges at "
+            "n >= 8 only.") in caption
     assert "softmax(-loss / T)" in caption and "seeds 0, 1" in caption and "[" not in caption
 
 
@@ -281,4 +288,20 @@ def test_figure7_legend_names_each_strategy(strategies):
     figures.plot_curves(ax, frame[frame["workers"] == 2], ["line"], lambda v: v[0])
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert {"mean (2 seeds)", "weighted T=0.5 (1 seed)", "mean; n=1 from step 20 (1 seed)"} <= set(labels)
+    assert "band: ±1 std over seeds" in labels  # mean's two seeds have one
     plt.close(fig)
+
+
+def test_figure7_of_one_seed_promises_no_bands_and_says_it_cannot_answer(strategies, tmp_path):
+    one = [d for d in strategies if not d.name.endswith("s1")]  # seed 0 of the mean runs only
+    fig, ax = plt.subplots()
+    frame = tables.load_runs(one)
+    figures.plot_curves(ax, frame[frame["workers"] == 2], ["strategy"], lambda v: v[0])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "band: ±1 std over seeds" not in labels and not ax.collections
+    assert "solid: the seed's run (no band: one seed)" in labels
+    plt.close(fig)
+    figures.merge_figure(one, tmp_path / "f7")
+    caption = (tmp_path / "f7.txt").read_text()
+    assert "one seed per strategy, so strategies cannot be told apart from seed luck." in caption
+    assert "Lines: one seed each (0), no bands" in caption and "±1 std" not in caption

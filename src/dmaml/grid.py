@@ -60,10 +60,10 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def runs(config: dict, name: str) -> list[dict]:
-    """The wildcards of every run of an experiment: the product of its list-valued grid keys
-    (with `splits: [[n, t], ...]` pairing workers and tasks per step instead), then the runs of
-    the experiments it names in `also: [NAME, ...]`."""
+def _runs(config: dict, name: str) -> list[dict]:
+    """The runs an experiment names itself: the product of its list-valued grid keys (with
+    `splits: [[n, t], ...]` pairing workers and tasks per step instead), then the runs of the
+    experiments it names in `also: [NAME, ...]`."""
     exp = settings(config, name)
     grid = {w: as_list(exp[k]) for k, w in GRID.items()}
     pairs = exp.get("splits") or list(itertools.product(grid["workers"], grid["t"]))
@@ -73,7 +73,24 @@ def runs(config: dict, name: str) -> list[dict]:
         for values in itertools.product(*(grid[k] for k in keys))
         for n, t in pairs
     ]
-    return own + [w for other in exp.get("also", []) for w in runs(config, other)]
+    return own + [w for other in exp.get("also", []) for w in _runs(config, other)]
+
+
+def setting(run: dict) -> str:
+    """A run folder's setting: its name without the seed (the folder of all its seeds)."""
+    return RUN_ID.format(**{**run, "seed": "*"})
+
+
+def runs(config: dict, name: str) -> list[dict]:
+    """The wildcards of every run of an experiment (:func:`_runs`), and of every other seed the
+    configuration trains in one of their settings (:func:`setting`): a table or figure chooses
+    among, or averages over, all the seeds of a setting, so that the setting shows one value
+    wherever it appears (Table 7's n = 1 reference is Table 2's n = 1 row)."""
+    own = _runs(config, name)
+    settings_, names = {setting(w) for w in own}, {RUN_ID.format(**w) for w in own}
+    others = [w for other in config["experiments"] for w in _runs(config, other)
+              if setting(w) in settings_ and RUN_ID.format(**w) not in names]
+    return own + list({RUN_ID.format(**w): w for w in others}.values())
 
 
 def run_settings(config: dict, experiment: str, dataset: str, ways, shots, workers, m, t,

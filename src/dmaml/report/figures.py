@@ -28,7 +28,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from dmaml.report import IDENTITY, SHORT, ReportError, describe, listing, load_runs, metrics  # noqa: E402
-from dmaml.report.tables import config_columns  # noqa: E402
+from dmaml.report.tables import best_seeds, config_columns  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 120, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
 
@@ -64,6 +64,7 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
     grey, what lines, bands and dashes are.
     """
     ylabel = ""
+    banded = False
     colors = palette(runs.groupby(keys).ngroups)
     for color, (value, group) in zip(colors, runs.groupby(keys, sort=True)):
         scores, seconds = [], []
@@ -88,7 +89,9 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
         seeds = f"{len(scores)} seed{'s' if len(scores) > 1 else ''}"
         name = f"{label(value if isinstance(value, tuple) else (value,))} ({seeds})"
         ax.plot(xs, mean, color=color, lw=1.8, label=name)
-        ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+        if len(scores) > 1:  # one seed has no spread to show
+            ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            banded = True
         if trend and len(xs) > 3:
             coeffs = np.polyfit(xs, mean, 3)
             ax.plot(xs, np.polyval(coeffs, xs), color=color, lw=1, ls="--", alpha=0.9)
@@ -100,7 +103,8 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(ylabel)
     key = [Line2D([], [], color="grey", lw=1.8, label="solid: mean over seeds"),
-           Patch(color="grey", alpha=0.15, label="band: ±1 std over seeds")]
+           Patch(color="grey", alpha=0.15, label="band: ±1 std over seeds")] if banded else [
+        Line2D([], [], color="grey", lw=1.8, label="solid: the seed's run (no band: one seed)")]
     if trend:
         key.append(Line2D([], [], color="grey", lw=1, ls="--",
                           label="dashed: cubic fit to the mean"))
@@ -127,10 +131,18 @@ def save(fig, out: Path, caption: str) -> None:
     plt.close(fig)
 
 
+def seeds_per_setting(runs: pd.DataFrame) -> int:
+    """The most seeds any one setting of ``runs`` has (a line's seeds)."""
+    keys = list(dict.fromkeys([*config_columns(runs), "strategy"]))
+    return int(runs.groupby(keys, dropna=False)["seed"].nunique().max())
+
+
 def _caption(title: str, runs: pd.DataFrame, what: str) -> str:
-    return (f"{title}. {what} Lines: mean over seeds {listing(runs['seed'])}; bands: ±1 std over seeds; "
-            f"each point is a validation over {listing(runs['val_tasks'])} fixed tasks. "
-            f"Configuration: {describe(runs)}.")
+    lines = (f"Lines: mean over seeds {listing(runs['seed'])}; bands: ±1 std over seeds"
+             if seeds_per_setting(runs) > 1 else
+             f"Lines: one seed each ({listing(runs['seed'])}), no bands")
+    return (f"{title}. {what} {lines}; each point is a validation over "
+            f"{listing(runs['val_tasks'])} fixed tasks. Configuration: {describe(runs)}.")
 
 
 def _points(runs: pd.DataFrame) -> str:
@@ -299,14 +311,39 @@ def merge_figure(run_dirs, out: Path) -> None:
     for ax, n in zip(axes[0], counts):
         plot_curves(ax, runs[runs["workers"].isin({1, n})], ["line"], lambda v: v[0])
         ax.set_title(f"Merge strategies at n = {n} workers")
+    strategies = ", ".join(f"'{x}'" for x in sorted(set(runs["strategy"])))
     config = (f"n = {listing(counts)}, t = {listing(runs['tasks_per_step'])}, "
-              f"{listing(runs['steps'])} MAML steps; strategies: {listing(runs['strategy'])}")
+              f"{listing(runs['steps'])} MAML steps; strategies: {strategies}")
+    limits = figure7_limits(runs)
     settings_note(fig, runs, f"{listing(runs['steps'])} MAML steps; {_points(runs)}\n"
-                             f"strategies: {listing(runs['strategy'])}")
+                             f"strategies: {strategies}" + (f"\n{limits}" if limits else ""))
     save(fig, out, _caption("Figure 7: validation score for each merge strategy of the central "
                             "learner (the paper's future work: does a smarter merge stop the "
                             "divergence of many workers?)", runs,
-                            f"{config}. {STRATEGIES}."))
+                            (f"{limits} " if limits else "") + f"{config}. {STRATEGIES}."))
+
+
+# The paper's divergence (its Section 4.3, Table 2): "after 1,500 MAML steps", at n >= 8
+DIVERGENCE_STEP, DIVERGENCE_WORKERS = 1500, 8
+
+
+def figure7_limits(runs: pd.DataFrame) -> str:
+    """Why Figure 7's runs cannot show a divergence to cure, or strategies apart from seed noise,
+    in one sentence; empty when they can."""
+    merged = runs[runs["workers"] > 1]
+    reasons = []
+    if runs["steps"].max() <= DIVERGENCE_STEP:
+        reasons.append(f"{listing(runs['steps'])} MAML steps, while the paper's divergence begins "
+                       f"after {DIVERGENCE_STEP:,} (its Section 4.3)")
+    if merged.empty or merged["workers"].max() < DIVERGENCE_WORKERS:
+        reasons.append(f"n = {listing(merged['workers'])}, while the paper's Table 2 diverges at "
+                       f"n >= {DIVERGENCE_WORKERS} only")
+    if merged.empty or seeds_per_setting(merged) < 2:
+        reasons.append("one seed per strategy, so strategies cannot be told apart from seed "
+                       "luck")
+    if not reasons:
+        return ""
+    return "This figure cannot answer its question: " + "; ".join(reasons) + "."
 
 
 def extrapolation_figure(prediction_files, out: Path) -> None:
@@ -314,6 +351,10 @@ def extrapolation_figure(prediction_files, out: Path) -> None:
     frames = [pd.read_csv(p) for p in prediction_files]
     if not frames:
         raise ReportError("no prediction files given")
+    # one line per n: the seed its table row shows (best validation), as Table 1 chooses
+    every = load_runs(sorted({f["run"].iloc[0] for f in frames}))
+    chosen = set(best_seeds(every)["run"])
+    frames = [f for f in frames if f["run"].iloc[0] in chosen]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     first = frames[0]
     ax.plot(first["x"], first["y_true"], color="black", lw=2, label="true function")
@@ -331,5 +372,7 @@ def extrapolation_figure(prediction_files, out: Path) -> None:
     ax.set_title("Sine: adapted on the left half (shaded), evaluated on [-5, 5]")
     runs = load_runs(sorted({f["run"].iloc[0] for f in frames}))
     adapted = f"{first['inner_steps'].iloc[0]} gradient step(s) on {len(support)} points from [-5, 0]"
-    settings_note(fig, runs, f"adapted with {adapted}")
-    save(fig, out, f"Figure 2: extrapolation after {adapted}. Configuration: {describe(runs)}.")
+    seeds = f"each n's seed with the best validation score of seeds {listing(every['seed'])}"
+    settings_note(fig, runs, f"adapted with {adapted}; {seeds}")
+    save(fig, out, f"Figure 2: extrapolation after {adapted}; {seeds}. "
+                   f"Configuration: {describe(runs)}.")
