@@ -48,8 +48,10 @@ def test_report_shows_tables_captions_and_config(tmp_path):
     # each table's content, as the HTML entry the report displays
     page = base64.b64decode(results["results/tables/table1.html"]["data_uri"].split(",")[-1])
     assert len(re.findall(r"<td>[\d.]+ ± [\d.]+</td>", page.decode())) == 2  # n = 1, 2; K = 5
-    # beside the paper's: n = 1 is in its Table 1, but after 10,000 steps, not 40: no verdict
-    assert page.decode().count('<tr class="paper"><td>paper</td><td>-</td></tr>') == 2
+    # beside the paper's: n = 1 is in its Table 1, but after 10,000 steps, not 40: no verdict,
+    # and no row of the paper's values
+    assert '<tr class="paper">' not in page.decode()
+    assert "The paper has no value for any cell of this table" in page.decode()
     assert "results/tables/table1.csv" in results
 
     # each figure its own words, and no list printed in a caption
