@@ -396,3 +396,27 @@ def test_readme_and_docs_state_the_rule_and_the_open_points():
     for line in [*caveats.markdown(), *paper._paper_se(paper.load_paper(PAPER))]:
         assert line in docs
     assert "presets/check.yaml" in readme and "about ±0.006" not in readme
+
+
+@pytest.mark.parametrize("dataset, preprocessing, expected", [
+    ("omniglot", {"val": "same classes as test"}, "the test classes"),
+    ("omniglot", {"val": ["Angelic", "Atemayar_Qelisayer"]}, "2 held-out alphabets"),
+    ("miniimagenet", {"aggregate_val_test": True}, "the val classes, which are also tested on"),
+    ("miniimagenet", {"aggregate_val_test": False}, "the val classes"),
+])
+def test_captions_say_where_the_seed_choice_looked(tmp_path, dataset, preprocessing, expected):
+    """The data file records its split (its preprocessing attributes); with validation tasks from
+    the test classes the caption says the seed choice has seen them, and offers the alternative."""
+    import h5py
+
+    from dmaml import report
+
+    data = tmp_path / f"{dataset}.h5"
+    with h5py.File(data, "w") as f:
+        f.attrs["preprocessing"] = json.dumps(preprocessing)
+    assert report.validation_classes(dataset, str(data)) == expected
+    note = report.selection_note([expected])
+    assert ("has seen the test classes; `omniglot: val_alphabets: N` holds N" in note) == (
+        expected == "the test classes")
+    assert report.validation_classes("omniglot", str(tmp_path / "none.h5")) == report.UNKNOWN
+    assert "not known here" in report.selection_note([report.UNKNOWN])

@@ -3,7 +3,9 @@
 For each n, the seed whose validation score after its last step is best (highest accuracy, or
 lowest MSE for sine) is chosen, and its test scores (mean +- 95% CI over the stated number of test
 tasks) fill the row: at each checkpoint step (Tables 2-5) or for each number of adaptation points
-K (Table 1). A run that diverged is marked with a dagger. Scores are rounded to what their interval
+K (Table 1). Every seed's score of a cell travels with it (:data:`SEED_SCORES`): the tables show
+the range of the means over seeds, and the verdict looks at all of them. A run that diverged is
+marked with a dagger. Scores are rounded to what their interval
 supports: the CI to 2 significant digits, the mean to the same decimal place. Each table is written
 as a tidy CSV whose columns name the configuration (the settings that identify the experiment and
 those that vary), and as Markdown and HTML twins in the paper's layout whose caption states the
