@@ -356,9 +356,10 @@ def reproduction(table_csvs: list[str | Path], paper: pd.DataFrame) -> str:
         "A table's row shows the seed chosen as the paper chose (best validation score after the "
         "last step), with the lowest and highest mean over all our seeds in parentheses "
         "(`seed_min`, `seed_max`, `seed_scores` in the CSVs); the verdict looks at every seed "
-        "with a score (a diverged seed has none after its divergence). The choice is made on 10 "
-        "validation tasks (binomial SD about 0.05), larger than the gaps between seeds: the "
-        "paper's cells are such a choice too, and its ± covers the test tasks only. "
+        "with a score (a diverged seed has none after its divergence). The choice is made on one "
+        "validation of few tasks (10 in the paper and config.yaml: at 5-way 1-shot a binomial SD "
+        "of about 0.05, larger than the gaps between seeds); the paper's cells are such a choice "
+        "too, and its ± covers the test tasks only. "
         + selection_note(validation), "",
         "## The paper's ±", "",
         "A 95% interval over 600 tasks of N·k' query examples (1.96·SD/√600, the MAML convention "
