@@ -5,8 +5,8 @@ lowest MSE for sine) is chosen, and its test scores (mean +- 95% CI over the sta
 tasks) fill the row: at each checkpoint step (Tables 2-5) or for each number of adaptation points
 K (Table 1). Every seed's score of a cell travels with it (:data:`SEED_SCORES`): the tables show
 the range of the means over seeds, and the verdict looks at all of them. A run that diverged is
-marked with a dagger. Scores are rounded to what their interval
-supports: the CI to 2 significant digits, the mean to the same decimal place. Each table is written
+marked with a dagger. Scores are rounded to what their interval supports: the CI to 2
+significant digits, the mean to the same decimal place. Each table is written
 as a tidy CSV whose columns name the configuration (the settings that identify the experiment and
 those that vary), and as Markdown and HTML twins in the paper's layout whose caption states the
 configuration behind it (the HTML one is what the Snakemake report shows). Given the paper's values
