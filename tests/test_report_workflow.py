@@ -19,7 +19,7 @@ from .test_workflow import copy_workflow, planned, snakemake
 TARGETS = ["table1", "fig2", "fig4", "fig7", "results/tables/reproduction.md"]
 CONFIG = ["--config", "train={steps: 40, eval_every: 10, val_tasks: 5, test_tasks: 20, seeds: [0], "
           "checkpoint_steps: [40]}",
-          "experiments={table1: {workers: [1, 2], test_shots: [5]}, "
+          "experiments={table1: {workers: [1, 2], seeds: [0], test_shots: [5]}, "
           "fig4: {dataset: sine, workers: 1, steps_per_run: [1, 2], steps: 40, eval_every: 10}, "
           # Figure 7 on fig4's runs: n = 2 by merge, n = 1 (fig4's) as the reference
           "fig7: {from: fig4, workers: 2, steps_per_run: 1, merge: [mean, weighted], "
