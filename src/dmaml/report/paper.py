@@ -347,7 +347,7 @@ def reproduction(table_csvs: list[str | Path], paper: pd.DataFrame) -> str:
         "and step (and K for Table 1, whose models are after 10,000 steps). " + RULE, "",
         "Why: two overlapping 95% intervals do not show that two values are equal, so the test is "
         "on the difference; the paper's rounding is part of its value; and each side's cell is "
-        "one seed, chosen on 10 validation tasks, so our seeds' spread is shown and a cell is "
+        "one seed, chosen on a validation of few tasks, so our seeds' spread is shown and a cell is "
         "`better` or `worse` only beyond all of them (`docs/reproduction.md` gives the reasons "
         "and references).", "",
         "| table | cells | compared | = | better | worse | compared on one seed |",
