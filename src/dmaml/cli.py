@@ -1,9 +1,9 @@
 """The ``dmaml`` command line: train, evaluate, and the data-preparation commands.
 
-Every run setting is a ``--key value`` flag named as in the config file (SPEC section 8); flags
-override the file given with ``--config``. Values are read as YAML, so booleans work
-(``--first_order true``); list settings take ``500,1000``, ``[500,1000]`` or ``500 1000``. Flags
-may be spelt with ``-`` or ``_``: ``--steps-per-run`` is ``--steps_per_run``.
+Every run setting is a ``--key value`` flag named as in the config file (docs/design.md, "Run
+settings"); flags override the file given with ``--config``. Values are read as YAML, so booleans
+work (``--first_order true``); list settings take ``500,1000``, ``[500,1000]`` or ``500 1000``.
+Flags may be spelt with ``-`` or ``_``: ``--steps-per-run`` is ``--steps_per_run``.
 """
 
 from __future__ import annotations

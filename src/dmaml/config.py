@@ -1,4 +1,4 @@
-"""Run settings: one dataclass whose field names are the project's vocabulary (SPEC section 8).
+"""Run settings: one dataclass whose field names are the project's vocabulary (docs/design.md).
 
 The same names are used as keys of a run's YAML file, as ``dmaml train --key value`` flags and as
 CSV columns. Settings left unset take the paper's Table 6 value for the chosen dataset
@@ -65,7 +65,7 @@ class RunConfig:
     checkpoint_every: int | None = None  # resume checkpoint period; default eval_every
     seed: int = 0
     eval_seed: int = 1234  # fixes the validation and test tasks, shared by every run
-    engine: str = "auto"  # the fastest measured here (engines.choose); SPEC section 6
+    engine: str = "auto"  # the fastest measured here (engines.choose; docs/engines.md)
     threads: int = 0  # intra-op threads (0: TensorFlow's choice)
     on_divergence: str = "stop"  # stop | drop (leave a non-finite worker out of the merge)
     tensorboard: bool = True  # TensorBoard scalars in the run folder's tensorboard/

@@ -9,7 +9,7 @@ Parameters are a flat ``dict`` of named tensors (insertion order is the canonica
 ``apply`` is a pure function of them, so MAML's inner loop can differentiate through parameter
 updates with nested ``tf.GradientTape``s (Keras layers whose weights are reassigned break them).
 
-Conventions (SPEC section 3):
+Conventions (docs/design.md, "Conventions that shape the numbers"):
 - Batch norm always normalises with the statistics of the batch it is given (the support or the
   query set of one task), in training and in evaluation, as the original MAML code does. There are
   no running averages; its scale and offset are parameters, adapted in the inner loop like all
@@ -235,7 +235,7 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
 
 
 def for_config(cfg) -> Model:
-    """The paper's model for ``cfg.dataset`` (SPEC section 2)."""
+    """The paper's model for ``cfg.dataset`` (docs/design.md)."""
     if cfg.dataset == "sine":
         return mlp()
     if cfg.dataset == "omniglot":

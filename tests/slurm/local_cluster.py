@@ -1,5 +1,5 @@
 """A private SLURM cluster on this machine, for tests: munge, slurmctld and one slurmd per node,
-started as root without systemd (recipe: ../shared/docs/slurm-local.md).
+started as root without systemd (what it sets up and why: docs/testing.md).
 
 One node (the default) is this machine by its hostname on 127.0.0.1. ``nodes=N`` > 1 makes N
 compute nodes ``dmaml-n0`` ... on loopback aliases: node i is a slurmd started with ``-N

@@ -1,6 +1,6 @@
 """Omniglot: the official zips of drawings into one HDF5 file of 28x28 rotated-character classes.
 
-Conventions (SPEC section 4, the split of Finn et al. 2017 and the paper):
+Conventions (docs/design.md, "Data"; the split of Finn et al. 2017 and the paper):
 
 - ``images_background.zip`` (30 alphabets, 964 characters) -> split ``train``;
   ``images_evaluation.zip`` (20 alphabets, 659 characters) -> split ``test``; split ``val`` holds

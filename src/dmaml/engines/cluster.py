@@ -1,7 +1,7 @@
 """Workers across the nodes of a cluster: Ray actors, each running a stack of workers.
 
-For an experiment whose workers outgrow one machine (SPEC section 6; the measured options are in
-``docs/distributed.md``). The central learner, its merges and its checkpoints stay in the driver,
+For an experiment whose workers outgrow one machine (``docs/engines.md``: the options weighed and
+what they cost). The central learner, its merges and its checkpoints stay in the driver,
 unchanged. ``actors`` Ray actors each hold the workers ``w`` with ``w % actors == a`` and run them
 with the :class:`~dmaml.engines.vectorized.VectorizedEngine`, so a run costs one message per actor
 (the central parameters, put once in Ray's object store, and the actor's workers' Adam states)

@@ -1,0 +1,68 @@
+"""The repository stands on its own: every document it points to is in it, and it says how to
+license and cite it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+# Where the project's own text lives (code, workflow, configuration, documentation).
+TEXT = [ROOT / "README.md", ROOT / "config.yaml", ROOT / "Snakefile", ROOT / "pyproject.toml",
+        *(p for d in ("src", "workflow", "tests", "benchmarks", "docs", "presets", "profiles")
+          for p in sorted((ROOT / d).rglob("*")) if p.is_file() and p.suffix in
+          {".py", ".smk", ".yaml", ".yml", ".md", ".rst", ".csv", ".sh", ".toml"})]
+# A path to a Markdown document, as the text cites it (`docs/engines.md`, ../shared/docs/x.md).
+DOC = re.compile(r"(?<![\w/.])((?:\.\./)*[\w.-]+(?:/[\w.-]+)*\.md)\b")
+
+
+def inside(source: Path, cited: str) -> bool:
+    """Whether ``cited`` (relative to the repository or to ``source``'s folder) is a file of the
+    repository; outputs of the workflow (``results/...``) are not asked for."""
+    for base in (ROOT, source.parent):
+        target = (base / cited).resolve()
+        if target.is_relative_to(ROOT) and target.exists():
+            return True
+    return False
+
+
+def test_no_reference_to_a_document_outside_the_repository():
+    """A newcomer has only the repository: no "SPEC section N" of a specification they never
+    got, no path to a document that is not in it."""
+    missing = []
+    for path in TEXT:
+        if path == ROOT / "tests" / "test_repository.py":
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            where = f"{path.relative_to(ROOT)}:{number}"
+            if re.search(r"\bSPEC\b", line):
+                missing.append(f"{where}: SPEC")
+            for cited in DOC.findall(line):
+                if "/" in cited and not cited.startswith("results/") and not inside(path, cited):
+                    missing.append(f"{where}: {cited}")
+    assert not missing, "references to documents not in the repository:\n" + "\n".join(missing)
+
+
+def project_field(name: str) -> str:
+    """A string field of pyproject.toml's [project] table (tomllib is not in Python 3.10)."""
+    return re.search(rf'^{name} = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
+
+
+def test_license_matches_pyproject():
+    text = (ROOT / "LICENSE").read_text()
+    assert project_field("license") == "MIT" and text.startswith("MIT License")
+    assert "Copyright (c) 2026 the dmaml authors" in text
+
+
+def test_citation_names_this_software_and_the_paper():
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["version"] == project_field("version") and cff["license"] == project_field("license")
+    paper = cff["references"][0]
+    assert paper["title"] == "Investigating parallelization of MAML"
+    assert [a["family-names"] for a in paper["authors"]] == ["Bollenbacher", "Soulier", "Rhein",
+                                                             "Wiskott"]
+    assert "preferred-citation" not in cff  # an independent reproduction, not the authors' code
