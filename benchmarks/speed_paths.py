@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dmaml.bench import LOCAL_ENGINES
+
 # The paper grid's settings (config.yaml's defaults per dataset, the tables' ways and shots).
 WORKLOADS = {
     "omniglot-5w1s": dict(dataset="omniglot", ways=5, shots=1),
@@ -33,7 +35,6 @@ WORKLOADS = {
     "miniimagenet-5w5s": dict(dataset="miniimagenet", ways=5, shots=5),
 }
 STEPS = ("loop", "stacked")
-ENGINES = ("sequential", "vectorized", "processes")
 
 
 def make_runner(name: str, cfg, data: dict[str, str]):
@@ -49,7 +50,7 @@ def make_runner(name: str, cfg, data: dict[str, str]):
     model = models.for_config(cfg)
     theta = model.init(task_rng(cfg.seed, INIT))
     n = cfg.workers
-    if name in ENGINES:
+    if name in LOCAL_ENGINES:
         engine = create(config.load(None, {**cfg.to_dict(), "engine": name}))
         states = {w: optimizer.init(theta) for w in range(n)}
         return lambda: engine.run(theta, states, 0), engine.close
@@ -71,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--paths", default="loop,stacked",
-                        help=f"comma-separated, of {', '.join(STEPS + ENGINES)}")
+                        help=f"comma-separated, of {', '.join(STEPS + LOCAL_ENGINES)}")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--order", choices=("first", "second"), default="second")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per path")

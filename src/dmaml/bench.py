@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-# The issue's standard workloads (SPEC section 2 names).
+# The standard workloads, named after the paper's experiments (dataset, N-way k-shot).
 WORKLOADS: dict[str, dict] = {
     "sine": dict(dataset="sine", shots=10, queries=10, tasks_per_step=10, inner_steps=1),
     "omniglot-5w1s": dict(dataset="omniglot", ways=5, shots=1, queries=1, tasks_per_step=32,
@@ -55,7 +55,9 @@ WORKLOADS: dict[str, dict] = {
     "miniimagenet-5w1s": dict(dataset="miniimagenet", ways=5, shots=1, queries=15,
                               tasks_per_step=4, inner_steps=5),
 }
-ENGINES = ("sequential", "vectorized", "processes")
+# the engines that run on one machine, which `dmaml bench` compares (config.ENGINE_CHOICES: the
+# values of the `engine` setting)
+LOCAL_ENGINES = ("sequential", "vectorized", "processes")
 WORKERS = {"sine": (1, 4, 16, 64)}  # the others: (1, 4, 16)
 # Square matmuls of the peak measurement (TensorFlow reaches its best from about 4096 on).
 PEAK_SIZES = (1024, 2048, 4096)
@@ -355,8 +357,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                     "the sequential engine as the baseline. Prints JSON lines, then a table.")
     p.add_argument("--workloads", type=_parse_list, default=list(WORKLOADS),
                    help=f"comma-separated, of {', '.join(WORKLOADS)} [default: all]")
-    p.add_argument("--engines", type=_parse_list, default=list(ENGINES),
-                   help=f"comma-separated, of {', '.join(ENGINES)} [default: all]")
+    p.add_argument("--engines", type=_parse_list, default=list(LOCAL_ENGINES),
+                   help=f"comma-separated, of {', '.join(LOCAL_ENGINES)} [default: all]")
     p.add_argument("--workers", type=lambda t: [int(n) for n in _parse_list(t)],
                    help="comma-separated worker counts [default: 1,4,16, and 64 for sine]")
     p.add_argument("--orders", type=_parse_list, default=["second", "first"],
@@ -379,7 +381,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the selected configurations, each in a fresh process; print JSON lines and a table."""
-    unknown = sorted(set(args.workloads) - set(WORKLOADS)) + sorted(set(args.engines) - set(ENGINES))
+    unknown = sorted(set(args.workloads) - set(WORKLOADS)) + sorted(set(args.engines) - set(LOCAL_ENGINES))
     if unknown or not set(args.orders) <= {"second", "first"}:
         raise SystemExit(f"dmaml bench: unknown workload, engine or order {unknown or args.orders}")
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 (written as records arrive)

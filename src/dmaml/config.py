@@ -19,7 +19,8 @@ from dmaml.errors import ConfigError
 
 DATASETS = ("sine", "omniglot", "miniimagenet")
 MERGES = ("mean", "weighted", "drop_worst")
-ENGINES = ("auto", "sequential", "vectorized", "processes", "cluster")
+# the values of the `engine` setting (bench.LOCAL_ENGINES: the engines `dmaml bench` compares)
+ENGINE_CHOICES = ("auto", "sequential", "vectorized", "processes", "cluster")
 REDUCTIONS = ("mean", "sum")
 DIVERGENCE = ("stop", "drop")
 
@@ -130,7 +131,7 @@ def _check(c: RunConfig) -> None:
         _require(isinstance(getattr(c, key), bool), key,
                  f"must be true or false, got {getattr(c, key)!r}")
     _require(c.merge in MERGES, "merge", f"choose one of {MERGES}, got {c.merge!r}")
-    _require(c.engine in ENGINES, "engine", f"choose one of {ENGINES}, got {c.engine!r}")
+    _require(c.engine in ENGINE_CHOICES, "engine", f"choose one of {ENGINE_CHOICES}, got {c.engine!r}")
     _require(c.outer_reduction in REDUCTIONS, "outer_reduction",
              f"choose one of {REDUCTIONS}, got {c.outer_reduction!r}")
     _require(c.on_divergence in DIVERGENCE, "on_divergence",

@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from dmaml import checkpoint, merge, models, optimizer, provenance
-from dmaml.config import ENGINES, RunConfig, dump, workers_at
+from dmaml.config import ENGINE_CHOICES, RunConfig, dump, workers_at
 from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dmaml.evaluate import Evaluator
@@ -233,7 +233,7 @@ class Learner:
         if self.cfg.engine == "auto":
             with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
                 before = json.loads((self.out / "run.json").read_text())
-                if before["engine_choice"].startswith("auto") and before["engine"] in ENGINES:
+                if before["engine_choice"].startswith("auto") and before["engine"] in ENGINE_CHOICES:
                     name = before["engine"]
                     why = f"auto, kept from the run's start: {name}"
         log.info("%s: engine %s (%s)", self.out, name, why)
