@@ -1,3 +1,10 @@
+# The Python side of the workflow, shared by the rule files (the Snakefile includes it first; the
+# other .smk files hold rules only). In order: the configuration, read and checked against
+# workflow/schemas/config.schema.yaml before any job; the data stage's inputs (where the raw data
+# come from); the training runs behind each table and figure (expanded by src/dmaml/grid.py) and
+# their folder names; which source files are inputs of the training and report rules; the shell
+# prefix and wildcard constraints; each training job's flags, threads, runtime and memory; and
+# the launcher of the cluster engine (Ray across SLURM nodes).
 import json
 import shlex
 from pathlib import Path

@@ -1,4 +1,8 @@
-"""The default engine on one machine: all workers, and the tasks of each, in one XLA computation.
+"""All workers, and the tasks of each, in one XLA computation on one machine.
+
+What ``engine: auto`` picks for sine, and for fewer convolutional workers than cores (or one core)
+(:func:`dmaml.engines.choose`), and what each process of the ``processes`` and ``cluster``
+engines runs for its share of the workers.
 
 The n workers' parameters and Adam moments are stacked along a leading worker axis, every task of
 every worker is one instance of the model's ``batched`` function, and one compiled call
