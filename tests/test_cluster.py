@@ -52,7 +52,7 @@ def data(tmp_path_factory):
                                 per_class=4, size=28)}
 
 
-@pytest.mark.parametrize("dataset", ["sine", "omniglot"])
+@pytest.mark.parametrize("dataset", ["sine", pytest.param("omniglot", marks=pytest.mark.slow)])
 def test_cluster_equals_sequential(ray_instance, data, dataset):
     """Two runs: from fresh states, then on from the first run's."""
     cfg = settings(dataset, data)
@@ -92,6 +92,7 @@ def bounded(engine: ClusterEngine, theta, states, step: int, kill: int | None = 
         return future.result(timeout=HANG)
 
 
+@pytest.mark.slow
 def test_killed_actor_is_replaced_then_too_many_deaths_stop(ray_instance, data):
     """The first run (compiling) loses actor 1 and still equals the next run without a crash;
     with one restart allowed, actor 1's second death stops the engine."""

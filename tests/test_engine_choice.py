@@ -46,6 +46,7 @@ def test_a_named_engine_is_kept():
         assert choose(cfg, 8) == (engine, "set")
 
 
+@pytest.mark.slow  # worker processes that each compile the conv model
 def test_the_run_folder_names_the_engine_auto_chose(tmp_path, synthetic_h5):
     run = tmp_path / "run"
     Learner(omniglot(synthetic_h5, workers=2, threads=2), run).train()
@@ -55,6 +56,7 @@ def test_the_run_folder_names_the_engine_auto_chose(tmp_path, synthetic_h5):
     assert yaml.safe_load((run / "config.yaml").read_text())["engine"] == "auto"
 
 
+@pytest.mark.slow  # two trainings with worker processes
 def test_a_resumed_auto_run_keeps_its_engine(tmp_path, synthetic_h5, caplog):
     """Resumed on one core, where auto would pick `vectorized`, the run goes on with the
     `processes` engine it started with."""

@@ -144,8 +144,12 @@ def _float64_setup(dataset: str, data: dict, n: int = 2, t: int = 2):
     return model, params, tasks
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("dataset", ["sine", "omniglot", "miniimagenet"])
+@pytest.mark.parametrize("dataset,first_order", [
+    ("sine", False), ("sine", True), ("omniglot", False),
+    # the same check on more of the slow-to-compile conv models: the whole suite only
+    pytest.param("omniglot", True, marks=pytest.mark.slow),
+    pytest.param("miniimagenet", False, marks=pytest.mark.slow),
+    pytest.param("miniimagenet", True, marks=pytest.mark.slow)])
 def test_stacked_meta_gradient_is_the_per_task_loop_in_float64(data, dataset, first_order):
     """Two workers with different parameters, two tasks each, two inner steps (one for the
     slow-to-compile miniImageNet model), under XLA."""
@@ -166,7 +170,7 @@ def test_stacked_meta_gradient_is_the_per_task_loop_in_float64(data, dataset, fi
 
 
 CASES = [("sine", False), ("sine", True), ("omniglot", False), ("omniglot", True),
-         ("miniimagenet", False)]
+         pytest.param("miniimagenet", False, marks=pytest.mark.slow)]  # its compilation: minutes
 
 
 @pytest.fixture(scope="module")
@@ -264,8 +268,11 @@ def processes(data):
         engine.close()
 
 
-@pytest.mark.parametrize("dataset,n", [("sine", 1), ("sine", WORKERS), ("omniglot", WORKERS),
-                                       ("miniimagenet", WORKERS)])
+@pytest.mark.parametrize("dataset,n", [
+    ("sine", 1), ("sine", WORKERS),
+    # each process compiles the conv model: the whole suite only
+    pytest.param("omniglot", WORKERS, marks=pytest.mark.slow),
+    pytest.param("miniimagenet", WORKERS, marks=pytest.mark.slow)])
 def test_processes_equal_sequential(processes, engines, dataset, n):
     """n = 1 only for one model: which workers take part is not the model's business, and each
     new stack shape costs every process a compilation."""
@@ -276,6 +283,7 @@ def test_processes_equal_sequential(processes, engines, dataset, n):
     assert len(engine.last_compute) == min(n, 2)
 
 
+@pytest.mark.slow
 def test_killed_worker_process_is_restarted_then_a_clear_error(processes, engines):
     """A killed process is restarted and its share redone (same numbers); once no restarts are
     left, the next death is a clear error, not a hang."""

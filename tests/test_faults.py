@@ -51,6 +51,7 @@ def whole(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_killed_and_terminated_training_resumes_bitwise(tmp_path, whole, engine):
     """Five kills at random moments (SIGKILL, SIGTERM, and SIGINT as Ctrl-C sends it), some

@@ -103,6 +103,7 @@ def _train_cmd(out, **flags):
     return args
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_numbers(tmp_path):
     flags = {"dataset": "sine", "workers": 2, "steps": 600, "eval_every": 20, "val_tasks": 5,
              "test_tasks": 20, "checkpoint_steps": "[200,600]"}
@@ -131,6 +132,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path):
             np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow  # 2,000 MAML steps
 def test_sine_learns_to_adapt(tmp_path):
     cfg = sine(steps=2000, eval_every=500)
     final = Learner(cfg, tmp_path).train()
@@ -152,6 +154,7 @@ def test_divergence_stops_with_step_and_keeps_metrics(tmp_path):
     assert '"status": "diverged"' in (tmp_path / "run.json").read_text()
 
 
+@pytest.mark.slow  # 100 MAML steps of the conv model on real Omniglot
 def test_omniglot_learns_far_above_chance(tmp_path, omniglot_h5):
     """A short 5-way 1-shot run on the real Omniglot background/evaluation split."""
     cfg = config.load(None, {"dataset": "omniglot", "data": str(omniglot_h5), "steps": 100,

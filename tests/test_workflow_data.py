@@ -38,6 +38,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs the data stage of the workflow
 def test_omniglot_target(workflow):
     source = make_omniglot_source(workflow / "source")
     done = snakemake(workflow, "resources/omniglot.h5", "--config",
@@ -61,6 +62,7 @@ def fingerprint(folder: Path) -> dict[str, tuple[int, bytes]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # runs the data stage of the workflow
 def test_new_source_reruns_nothing(workflow):
     """Zips fetched and checked once are kept whatever the source says later: another folder
     with the same zips, or a URL that cannot be reached (offline)."""
@@ -78,6 +80,7 @@ def test_new_source_reruns_nothing(workflow):
     assert fingerprint(workflow / "resources") == before
 
 
+@pytest.mark.slow  # runs the data stage of the workflow
 def test_truncated_zip_is_refused_at_download(workflow):
     source = make_omniglot_source(workflow / "source")
     zip_path = source / "images_evaluation.zip"
@@ -95,6 +98,7 @@ def test_miniimagenet_without_source_fails_at_once(workflow):
     assert "miniimagenet: {source: PATH}" in done.stdout + done.stderr
 
 
+@pytest.mark.slow  # runs the data stage of the workflow
 def test_miniimagenet_target(workflow):
     rng = np.random.default_rng(0)
     source = workflow / "source"
