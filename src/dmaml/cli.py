@@ -1,4 +1,5 @@
-"""The ``dmaml`` command line: train, evaluate, and the data-preparation commands.
+"""The ``dmaml`` command line: ``train``, ``evaluate``, ``table`` and ``figure`` here; ``bench``,
+``plan``, ``status`` and the data-preparation commands registered from their own modules.
 
 Every run setting is a ``--key value`` flag named as in the config file (docs/design.md, "Run
 settings"); flags override the file given with ``--config``. Values are read as YAML, so booleans
