@@ -145,8 +145,10 @@ def _float64_setup(dataset: str, data: dict, n: int = 2, t: int = 2):
 
 
 @pytest.mark.parametrize("dataset,first_order", [
-    ("sine", False), ("sine", True), ("omniglot", False),
-    # the same check on more of the slow-to-compile conv models: the whole suite only
+    ("sine", False), ("sine", True),
+    # the conv models compile slowly: the whole suite only (test_vectorized_equals_sequential
+    # keeps one conv case in the fast lane)
+    pytest.param("omniglot", False, marks=pytest.mark.slow),
     pytest.param("omniglot", True, marks=pytest.mark.slow),
     pytest.param("miniimagenet", False, marks=pytest.mark.slow),
     pytest.param("miniimagenet", True, marks=pytest.mark.slow)])
@@ -169,8 +171,13 @@ def test_stacked_meta_gradient_is_the_per_task_loop_in_float64(data, dataset, fi
             np.testing.assert_allclose(grads[k][w], g, rtol=1e-9, atol=1e-12 * np.abs(g).max())
 
 
-CASES = [("sine", False), ("sine", True), ("omniglot", False), ("omniglot", True),
-         pytest.param("miniimagenet", False, marks=pytest.mark.slow)]  # its compilation: minutes
+# (dataset, first_order, n); each new stack shape of a conv model costs a compilation: one conv
+# case in the fast lane, the others in the whole suite
+CASES = [("sine", False, 1), ("sine", False, WORKERS), ("sine", True, 1), ("sine", True, WORKERS),
+         ("omniglot", False, WORKERS),
+         *(pytest.param(*case, marks=pytest.mark.slow) for case in [
+             ("omniglot", False, 1), ("omniglot", True, 1), ("omniglot", True, WORKERS),
+             ("miniimagenet", False, 1), ("miniimagenet", False, WORKERS)])]
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +197,7 @@ def engines(data):
         vectorized.close()
 
 
-@pytest.mark.parametrize("n", [1, WORKERS])
-@pytest.mark.parametrize("dataset,first_order", CASES)
+@pytest.mark.parametrize("dataset,first_order,n", CASES)
 def test_vectorized_equals_sequential(engines, dataset, first_order, n):
     cfg, sequential, vectorized = engines(dataset, first_order)
     theta, states = start(cfg, n)
@@ -218,7 +224,7 @@ def test_task_parts_are_the_fewest_that_fit():
     assert task_parts(workers=1, tasks=12, bytes_per_task=10, part_bytes=50) == 3  # divides 12
 
 
-@pytest.mark.parametrize("dataset", ["sine", "omniglot"])
+@pytest.mark.parametrize("dataset", ["sine", pytest.param("omniglot", marks=pytest.mark.slow)])
 def test_vectorized_in_task_parts_equals_sequential(engines, dataset):
     """Tasks taken one at a time in the compiled loop: the same numbers."""
     cfg, sequential, _ = engines(dataset, False)

@@ -118,6 +118,7 @@ def test_unwritable_run_folder(tmp_path):
         Learner(cfg, blocker / "run").train()
 
 
+@pytest.mark.slow  # three trainings in fresh processes
 def test_full_disk_on_checkpoint_write(tmp_path):
     """A file-size limit makes the checkpoint write fail as a full disk would: a clear error, the
     previous checkpoint intact, no temporary file left, and a later run resumes from it."""

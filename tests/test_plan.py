@@ -109,6 +109,7 @@ def test_a_second_plan_reads_the_cache(tmp_path, capsys):
     assert "| table2 | 6 | 1200 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # compiles and times MAML steps in a fresh process
 def test_costs_measured_on_the_spot(tmp_path):
     config = plan.load_config(ROOT, [])
     run = plan.runs_of(config, "table1", 1)[0]
