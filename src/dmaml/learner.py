@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dmaml import checkpoint, merge, models, optimizer, provenance
+from dmaml import checkpoint, merge, models, optimizer, provenance, run_lock
 from dmaml.config import ENGINES, RunConfig, dump, workers_at
 from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
@@ -195,6 +195,12 @@ class Learner:
         tester = (Evaluator(self.model, make_sampler(cfg, "test"), "test", cfg.test_tasks,
                             cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
                   if cfg.test_tasks and cfg.checkpoint_steps else None)
+        with run_lock.hold(self.out):  # one writer per folder, from its first change to the end
+            return self._train(validator, tester)
+
+    def _train(self, validator: Evaluator, tester: Evaluator | None) -> dict:
+        """:meth:`train` once its data is checked and the run folder is locked."""
+        cfg = self.cfg
         if self.engine is None:
             name, self.engine_choice = self._engine_name()
             self.engine = create(cfg, name)
