@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -84,14 +85,16 @@ FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fi
 SRC = Path(workflow.basedir, "src", "dmaml")
 # Modules that cannot change a run's numbers, so editing them re-runs no training: the command
 # line, benchmarks and the plan, the grid expansion (a run's settings reach it as flags), run
-# monitoring, provenance and error texts, data preparation (its output, the HDF5 file, is an input
-# of its own) and the report. Any other module (a new one too) is an input of every training job.
+# monitoring and the run folder's lock, provenance and error texts, data preparation (its output,
+# the HDF5 file, is an input of its own) and the report. Any other module (a new one too) is
+# training code.
 NOT_TRAINING_CODE = {
     "cli.py",
     "bench.py",
     "grid.py",
     "plan.py",
     "status.py",
+    "run_lock.py",
     "provenance.py",
     "errors.py",
     "data/cli.py",
@@ -99,11 +102,30 @@ NOT_TRAINING_CODE = {
     "data/omniglot.py",
     "data/miniimagenet.py",
 }
-TRAINING_CODE = sorted(
-    str(p)
+TRAINING_MODULES = sorted(
+    p
     for p in SRC.rglob("*.py")
     if "report" not in p.parts and p.relative_to(SRC).as_posix() not in NOT_TRAINING_CODE
 )
+
+
+def code_digest(modules, path):
+    """One file standing for the version of `modules` (a sha256 line each), rewritten only when
+    one of them changed: an input whose date is that of the last change that can alter a number,
+    so that such a change re-runs the jobs that use it, and the terminal shows one file."""
+    text = "".join(
+        f"{hashlib.sha256(m.read_bytes()).hexdigest()}  {m.relative_to(SRC).as_posix()}\n" for m in modules
+    )
+    path = Path(path)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+TRAINING_CODE = code_digest(TRAINING_MODULES, "results/code/training.sha256")
 REPORT_CODE = sorted(str(p) for p in SRC.glob("report/*.py")) + [str(SRC / "cli.py")]
 # Jobs run this workflow's own source tree (`python -m dmaml.cli`), so that a job runs exactly
 # the code its `code` inputs name; the environment provides the dependencies.
