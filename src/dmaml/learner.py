@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"steps", "engine", "threads", "checkpoint_steps", "checkpoint_every",
                      "test_tasks", "on_divergence", "tensorboard"}
 PROGRESS_EVERY = 30.0  # seconds between progress lines at most
+EARLY_STEPS = 50  # timed steps before the time left is more than an early estimate
 
 
 class CsvLog:
@@ -168,8 +169,12 @@ class Learner:
                 **extra}
         if s["step"]:
             info["seconds_per_step"] = s["elapsed"] / s["step"]  # compilation included
-        if self._step_s() is not None:
-            info["step_s"] = self._step_s()  # as progress shows it
+        step_s = self._step_s()
+        if step_s is None:  # nothing timed in this process yet (a re-test): keep the last measure
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                step_s = json.loads((self.out / "run.json").read_text()).get("step_s")
+        if step_s is not None:
+            info["step_s"] = step_s  # as progress shows it
         tmp = self.out / ".run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.out / "run.json")
@@ -392,6 +397,11 @@ class Learner:
         eta = self._eta(s["step"])
         timing = (f"{self._step_s():.3f} s/step, {duration(eta)} left" if eta is not None else
                   "measuring speed")
+        early = [what for what, yes in (
+            (f"from {self.clock['steps']} timed steps", self.clock["steps"] < EARLY_STEPS),
+            ("evaluation not timed yet", self.clock["task_s"] is None)) if yes]
+        if eta is not None and early:
+            timing += f" (early estimate: {', '.join(early)})"
         log.info("%s: %s | %s", self.out, text, timing)
         self.clock["shown"] = time.monotonic()
         self._write_run_json("running", s, eta_s=eta)

@@ -187,7 +187,8 @@ def run_flags(wildcards):
 def check_experiments():
     """Check every run's settings now, so that a wrong value stops the workflow before any job."""
     try:
-        grid.check_experiments(config)
+        grid.check_experiments(config, files=[*workflow.configfiles, *workflow.overwrite_configfiles])
+        grid.check_data(config)
     except ConfigError as e:
         raise WorkflowError(str(e)) from None
 
