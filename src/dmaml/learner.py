@@ -9,7 +9,8 @@ Run folder (``out``): ``config.yaml`` (resolved settings), ``run.json`` (code ve
 ``metrics.csv`` (a row per validation), ``test.csv`` (a row per table checkpoint),
 ``checkpoints/latest.npz`` (everything needed to resume; ``previous.npz``, the one before it, in
 case it is damaged), ``checkpoints/stepNNNNNN.npz`` (theta at each table checkpoint) and
-``tensorboard/`` (the same curves for ``tensorboard --logdir``). A run started again on a folder
+``tensorboard/`` (the same curves for ``tensorboard --logdir``) and ``run.lock`` (the one writer's
+host, pid and start time: :mod:`dmaml.run_lock`). A run started again on a folder
 holding a checkpoint resumes from it and ends with exactly the numbers of an uninterrupted run;
 a finished run whose test settings changed is re-tested from its kept checkpoints, so that
 ``test.csv`` always agrees with ``config.yaml``.
