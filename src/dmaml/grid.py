@@ -10,6 +10,7 @@ Every function takes the (validated, defaults filled) workflow configuration as 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 
@@ -194,30 +195,32 @@ def check_experiments(config: dict, where: str = "config.yaml", files: list[Path
                 raise ConfigError(f"{where}, experiments.{name}: {e}") from None
 
 
-def check_data(config: dict, folder: Path = Path(".")) -> None:
-    """Where a run's dataset file exists (under ``folder``, the workflow's), check that its
-    splits can serve the run's tasks, so that `ways: 5000` stops the dry run, not the job."""
-    import h5py
-
+def check_data(cfg: RunConfig, folder: Path = Path(".")) -> None:
+    """Where the run's dataset file exists (under ``folder``, the workflow's), a ConfigError
+    unless its splits can serve the run's tasks, so that `ways: 5000` stops the dry run, not
+    the job. Reads the class sizes only (once per file and split)."""
     from dmaml.tasks import check_fits
 
-    seen: dict[tuple, tuple] = {}
-    for name in config["experiments"]:
-        for wildcards in runs(config, name):
-            cfg = resolve(RunConfig(**run_settings(config, **wildcards)))
-            path = Path(folder, cfg.data) if cfg.data else None
-            if path is None or not path.is_file():
-                continue  # sine, or built by the data stage before the runs
-            for split in ("train", "val", "test"):
-                if (path, split) not in seen:
-                    try:
-                        with h5py.File(path, "r") as f:
-                            names = tuple(f[split]["class_names"].asstr()[...])
-                            seen[path, split] = names, np.diff(f[split]["offsets"][...])
-                    except (OSError, KeyError):
-                        continue  # unreadable: the job says what is wrong with the file
-                try:
-                    check_fits(cfg.data, split, *seen[path, split], cfg.ways, cfg.shots,
-                               cfg.queries)
-                except DatasetError as e:
-                    raise ConfigError(f"experiments.{name}: {e}") from None
+    path = Path(folder, cfg.data) if cfg.data else None
+    if path is None or not path.is_file():
+        return  # sine, or built by the data stage before the runs
+    for split in ("train", "val", "test"):
+        sizes = _class_sizes(path, split, path.stat().st_mtime_ns)
+        if sizes is None:
+            continue  # unreadable: the job says what is wrong with the file
+        try:
+            check_fits(cfg.data, split, *sizes, cfg.ways, cfg.shots, cfg.queries)
+        except DatasetError as e:
+            raise ConfigError(str(e)) from None
+
+
+@functools.cache
+def _class_sizes(path: Path, split: str, mtime_ns: int) -> tuple | None:
+    """Class names and sizes of ``split`` of a dataset file (None where it cannot be read)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return tuple(f[split]["class_names"].asstr()[...]), np.diff(f[split]["offsets"][...])
+    except (OSError, KeyError):
+        return None

@@ -89,7 +89,6 @@ def load_config(folder: Path, configfiles: list[Path]) -> dict:
     except Exception as e:  # snakemake's WorkflowError, with jsonschema's message
         raise ConfigError(f"configfile {where}: {e}") from None
     grid.check_experiments(config, files=[folder / "config.yaml", *configfiles])
-    grid.check_data(config, folder)
     return config
 
 

@@ -188,13 +188,20 @@ def check_experiments():
     """Check every run's settings now, so that a wrong value stops the workflow before any job."""
     try:
         grid.check_experiments(config, files=[*workflow.configfiles, *workflow.overwrite_configfiles])
-        grid.check_data(config)
     except ConfigError as e:
         raise WorkflowError(str(e)) from None
 
 
 def dataset_file(wildcards):
-    return [] if wildcards.dataset == "sine" else [f"resources/{wildcards.dataset}.h5"]
+    """The run's dataset file; where it exists, checked now against the run's tasks (so that a
+    dry run stops at `ways: 5000`, not the job)."""
+    if wildcards.dataset == "sine":
+        return []
+    try:
+        grid.check_data(resolve(RunConfig(**wildcard_settings(wildcards))))
+    except ConfigError as e:
+        raise WorkflowError(f"experiments.{wildcards.experiment}: {e}") from None
+    return [f"resources/{wildcards.dataset}.h5"]
 
 
 def train_threads(wildcards):
