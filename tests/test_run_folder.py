@@ -173,12 +173,12 @@ def test_a_retest_keeps_the_measured_speed(tmp_path):
     assert json.loads((run / "run.json").read_text())["step_s"] == before
 
 
-def test_an_early_time_left_says_it_is_an_estimate(tmp_path, monkeypatch, caplog):
+def test_the_first_times_left_say_they_are_estimates(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(learner, "PROGRESS_EVERY", 0.0)
     with caplog.at_level(logging.INFO, logger="dmaml.learner"):
         Learner(sine(steps=80, eval_every=20, val_tasks=3), tmp_path).train()
-    lines = [r.getMessage() for r in caplog.records if "left" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if " s/step, " in r.getMessage()]
     step = {int(m.split(": step ")[1].split("/")[0]): m for m in lines}
     assert "left (early estimate: from 3 timed steps, evaluation not timed yet)" in step[4]
     assert "early estimate: from 39 timed steps)" in step[40]  # the second validation timed
-    assert "early" not in step[80]
+    assert "estimate" not in step[80]
