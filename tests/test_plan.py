@@ -4,6 +4,7 @@ the measured-costs cache and its errors. No timing is asserted (the machine is s
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -146,3 +147,38 @@ def test_the_cli_plans_from_a_bench_file(tmp_path, capsys):
                      "--costs", str(path), "--configfile", str(QUICK[0])]) == 0
     out = capsys.readouterr().out
     assert "| fig3 | 6 (6 shared) | 1200 |" in out and f"costs from {path}" in out
+
+
+def test_cores_zero_is_refused(caplog):
+    assert cli.main(["plan", "table2", "--directory", str(ROOT), "--cores", "0"]) == 2
+    assert "--cores must be at least 1, got 0" in caplog.text
+
+
+def test_yaml_and_key_errors_name_the_file_and_line(tmp_path, caplog):
+    """Of two files, the one at fault: its line for a syntax error, its name for a typo."""
+    good, bad, typo = tmp_path / "good.yaml", tmp_path / "bad.yaml", tmp_path / "typo.yaml"
+    good.write_text("train:\n  steps: 100\n")
+    bad.write_text("train:\n  steps: 100\n  seeds: [0\nomniglot: {}\n")
+    typo.write_text("train:\n  setps: 100\n")
+    assert cli.main(["plan", "--directory", str(ROOT), "--configfile", str(good), str(bad)]) == 2
+    assert f"configfile {bad}, line 4, column 9: not valid YAML" in caplog.text
+    assert cli.main(["plan", "--directory", str(ROOT), "--configfile", str(typo), str(good)]) == 2
+    assert f"{typo}, train: unknown key(s) ['setps']" in caplog.text
+
+
+def test_a_first_plan_measures_one_workload_and_scales_the_shipped_benchmark(tmp_path, caplog):
+    """The quick preset's Table 2 (omniglot 5-way 1-shot, measured by the shipped benchmark):
+    one workload measured here with progress, the others from the benchmark scaled to it."""
+    config = plan.load_config(ROOT, QUICK)
+    keys = list({json.dumps(plan.workload(r), sort_keys=True): plan.workload(r)
+                 for r in plan.runs_of(config, "table2", 2)}.values())
+    cache = tmp_path / "costs.jsonl"
+    with caplog.at_level(logging.INFO, logger="dmaml"):
+        costs = plan.measured_costs(keys, cache, ROOT)
+    assert "measuring workload 1 of 1 on this machine (omniglot 5-way 1-shot, t=8" in caplog.text
+    records = [json.loads(line) for line in cache.read_text().splitlines()]
+    sources = [r.get("source") for r in records if r["workload"] != "startup"]
+    assert sources.count("measured here") == 1 and len(sources) == len(keys) > 1
+    assert all(s.startswith("benchmarks/bench-") for s in sources if s != "measured here")
+    assert all(costs[json.dumps(k, sort_keys=True)]["step_s"] > 0 for k in keys)
+    assert plan.measured_costs(keys, cache, ROOT) == costs  # a second plan: nothing measured

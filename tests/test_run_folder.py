@@ -162,3 +162,23 @@ def test_evaluator_of_the_retest_is_the_runs_own(tmp_path):
                       cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)(theta)
     row = rows(run / "test.csv")[1]
     assert float(row["mean"]) == score.mean and row["tasks"] == "7"
+
+
+def test_a_retest_keeps_the_measured_speed(tmp_path):
+    """run.json's step_s (what `dmaml status` shows) survives a re-test that trains nothing."""
+    run = tmp_path / "run"
+    Learner(sine(**FLAGS), run).train()
+    before = json.loads((run / "run.json").read_text())["step_s"]
+    Learner(sine(**{**FLAGS, "test_tasks": 10}), run).train()
+    assert json.loads((run / "run.json").read_text())["step_s"] == before
+
+
+def test_the_first_times_left_say_they_are_estimates(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(learner, "PROGRESS_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="dmaml.learner"):
+        Learner(sine(steps=80, eval_every=20, val_tasks=3), tmp_path).train()
+    lines = [r.getMessage() for r in caplog.records if " s/step, " in r.getMessage()]
+    step = {int(m.split(": step ")[1].split("/")[0]): m for m in lines}
+    assert "left (early estimate: from 3 timed steps, evaluation not timed yet)" in step[4]
+    assert "early estimate: from 39 timed steps)" in step[40]  # the second validation timed
+    assert "estimate" not in step[80].split(": step ")[1]

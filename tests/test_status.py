@@ -27,7 +27,7 @@ def test_status_shows_every_run_of_a_grid(tmp_path, capsys):
 
     assert main(["status", str(root)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["run", "status", "step", "val", "s/step", "left", "updated"]
+    assert out[0].split() == ["run", "status", "step", "val", "s/step", "left", "updated", "holder"]
     rows = {line.split()[0]: line.split() for line in out[1:-1]}
     assert rows["exp/sine-n1/seed0"][1:4] == ["finished", "20/20", "mse"]
     assert rows["exp/sine-n1/seed1"][1:3] == ["stalled?", "10/20"]

@@ -258,3 +258,23 @@ def test_interrupted_workflow_finishes_with_the_same_table(tmp_path):
     assert resumed, "the interrupted training resumes from its checkpoint"
     assert (flow / "results/tables/table1.csv").read_text() == (
         whole / "results/tables/table1.csv").read_text()
+
+
+def test_a_mistyped_key_names_the_file_it_came_from(workflow, tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("train:\n  setps: 100\n")
+    result = snakemake(workflow, "-n", "table2", "--configfile", "presets/quick.yaml", str(preset))
+    assert result.returncode != 0
+    assert f"{preset}, train: unknown key(s) ['setps']" in result.stdout + result.stderr
+
+
+def test_tasks_the_dataset_cannot_serve_stop_the_dry_run(tmp_path, tiny_omniglot_h5):
+    """Once the dataset file exists, `ways: 5000` stops `snakemake -n`, not the job."""
+    flow = copy_workflow(tmp_path / "flow")
+    (flow / "resources").mkdir()
+    shutil.copy(tiny_omniglot_h5, flow / "resources/omniglot.h5")
+    result = snakemake(flow, "-n", "table2", "--config", "experiments={table2: {ways: 5000}}")
+    assert result.returncode != 0 and "Job stats" not in result.stdout
+    assert ("experiments.table2: resources/omniglot.h5: split 'train' has 20 classes, fewer than "
+            "ways=5000; lower `ways`") in result.stdout + result.stderr
+    assert planned(snakemake(flow, "-n", "table2", "--config", "experiments={table2: {ways: 5}}"))

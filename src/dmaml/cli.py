@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from dmaml import __version__
+from dmaml import __version__, run_lock
 from dmaml.bench import add_command as add_bench_command
 from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
@@ -152,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dmaml import config
 
     cfg = config.load(args.config, _overrides(args))
+    run_lock.check(args.out)  # a second writer stops now, not after TensorFlow's start-up
     log.info("%s: %s; starting TensorFlow", args.out, config.describe(cfg))
     from dmaml.learner import Learner  # imports TensorFlow: seconds
 

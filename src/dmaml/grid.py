@@ -10,14 +10,16 @@ Every function takes the (validated, defaults filled) workflow configuration as 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from dmaml.config import DATASET_DEFAULTS, RunConfig, resolve
 from dmaml.config import FIELDS as RUN_FIELDS
-from dmaml.errors import ConfigError
+from dmaml.errors import ConfigError, DatasetError
 
 # a run folder's name under results/runs/, from its wildcards
 RUN_ID = "{experiment}/{dataset}-{ways}w{shots}s-n{workers}-m{m}-t{t}-{merge}-{reduction}/seed{seed}"
@@ -136,9 +138,26 @@ def check_top_level(config: dict, folder: Path, where: str = "config") -> None:
                           f"{sorted(known)} ({SCHEMA})")
 
 
-def check_experiments(config: dict, where: str = "config.yaml") -> None:
+def origin(files: list[Path], section: str, keys: list[str]) -> str:
+    """The last of ``files`` (config.yaml, then each --configfile, as merged) that sets one of
+    ``keys`` in ``section`` (``train`` or ``experiments.NAME``); ``--config`` where none does."""
+    found = "--config"
+    for path in files:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        part = values.get("train") if section == "train" else \
+            (values.get("experiments") or {}).get(section.split(".", 1)[1])
+        if isinstance(part, dict) and set(keys) & set(part):
+            found = str(path)
+    return found
+
+
+def check_experiments(config: dict, where: str = "config.yaml", files: list[Path] = ()) -> None:
     """Check every run's settings now, so that a wrong value stops before any job: a
-    ConfigError naming the section and key."""
+    ConfigError naming the section and key, and for an unknown key the file of ``files`` it
+    came from."""
     known = set(RUN_FIELDS) | set(GRID) | REPORT_KEYS
     sections = {"train": config["train"],
                 **{f"experiments.{k}": v for k, v in config["experiments"].items()}}
@@ -146,7 +165,8 @@ def check_experiments(config: dict, where: str = "config.yaml") -> None:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
-                f"{where}, {section}: unknown key(s) {unknown}; known keys are "
+                f"{origin(files, section, unknown) if files else where}, {section}: unknown "
+                f"key(s) {unknown}; known keys are "
                 f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}"
             )
         if "from" in values:
@@ -173,3 +193,34 @@ def check_experiments(config: dict, where: str = "config.yaml") -> None:
                 resolve(RunConfig(**run_settings(config, **wildcards)))
             except (ConfigError, TypeError, KeyError) as e:
                 raise ConfigError(f"{where}, experiments.{name}: {e}") from None
+
+
+def check_data(cfg: RunConfig, folder: Path = Path(".")) -> None:
+    """Where the run's dataset file exists (under ``folder``, the workflow's), a ConfigError
+    unless its splits can serve the run's tasks, so that `ways: 5000` stops the dry run, not
+    the job. Reads the class sizes only (once per file and split)."""
+    from dmaml.tasks import check_fits
+
+    path = Path(folder, cfg.data) if cfg.data else None
+    if path is None or not path.is_file():
+        return  # sine, or built by the data stage before the runs
+    for split in ("train", "val", "test"):
+        sizes = _class_sizes(path, split, path.stat().st_mtime_ns)
+        if sizes is None:
+            continue  # unreadable: the job says what is wrong with the file
+        try:
+            check_fits(cfg.data, split, *sizes, cfg.ways, cfg.shots, cfg.queries)
+        except DatasetError as e:
+            raise ConfigError(str(e)) from None
+
+
+@functools.cache
+def _class_sizes(path: Path, split: str, mtime_ns: int) -> tuple | None:
+    """Class names and sizes of ``split`` of a dataset file (None where it cannot be read)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return tuple(f[split]["class_names"].asstr()[...]), np.diff(f[split]["offsets"][...])
+    except (OSError, KeyError):
+        return None

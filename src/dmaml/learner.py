@@ -9,7 +9,8 @@ Run folder (``out``): ``config.yaml`` (resolved settings), ``run.json`` (code ve
 ``metrics.csv`` (a row per validation), ``test.csv`` (a row per table checkpoint),
 ``checkpoints/latest.npz`` (everything needed to resume; ``previous.npz``, the one before it, in
 case it is damaged), ``checkpoints/stepNNNNNN.npz`` (theta at each table checkpoint) and
-``tensorboard/`` (the same curves for ``tensorboard --logdir``). A run started again on a folder
+``tensorboard/`` (the same curves for ``tensorboard --logdir``) and ``run.lock`` (the one writer's
+host, pid and start time: :mod:`dmaml.run_lock`). A run started again on a folder
 holding a checkpoint resumes from it and ends with exactly the numbers of an uninterrupted run;
 a finished run whose test settings changed is re-tested from its kept checkpoints, so that
 ``test.csv`` always agrees with ``config.yaml``.
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dmaml import checkpoint, merge, models, optimizer, provenance
+from dmaml import checkpoint, merge, models, optimizer, provenance, run_lock
 from dmaml.config import ENGINE_CHOICES, RunConfig, dump, workers_at
 from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"steps", "engine", "threads", "checkpoint_steps", "checkpoint_every",
                      "test_tasks", "on_divergence", "tensorboard"}
 PROGRESS_EVERY = 30.0  # seconds between progress lines at most
+EARLY_STEPS = 50  # timed steps before the time left is more than an early estimate
 
 
 class CsvLog:
@@ -168,8 +170,12 @@ class Learner:
                 **extra}
         if s["step"]:
             info["seconds_per_step"] = s["elapsed"] / s["step"]  # compilation included
-        if self._step_s() is not None:
-            info["step_s"] = self._step_s()  # as progress shows it
+        step_s = self._step_s()
+        if step_s is None:  # nothing timed in this process yet (a re-test): keep the last measure
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                step_s = json.loads((self.out / "run.json").read_text()).get("step_s")
+        if step_s is not None:
+            info["step_s"] = step_s  # as progress shows it
         tmp = self.out / ".run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.out / "run.json")
@@ -195,6 +201,12 @@ class Learner:
         tester = (Evaluator(self.model, make_sampler(cfg, "test"), "test", cfg.test_tasks,
                             cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
                   if cfg.test_tasks and cfg.checkpoint_steps else None)
+        with run_lock.hold(self.out):  # one writer per folder, from its first change to the end
+            return self._train(validator, tester)
+
+    def _train(self, validator: Evaluator, tester: Evaluator | None) -> dict:
+        """:meth:`train` once its data is checked and the run folder is locked."""
+        cfg = self.cfg
         if self.engine is None:
             name, self.engine_choice = self._engine_name()
             self.engine = create(cfg, name)
@@ -386,6 +398,11 @@ class Learner:
         eta = self._eta(s["step"])
         timing = (f"{self._step_s():.3f} s/step, {duration(eta)} left" if eta is not None else
                   "measuring speed")
+        early = [what for what, yes in (
+            (f"from {self.clock['steps']} timed steps", self.clock["steps"] < EARLY_STEPS),
+            ("evaluation not timed yet", self.clock["task_s"] is None)) if yes]
+        if eta is not None and early:
+            timing += f" (early estimate: {', '.join(early)})"
         log.info("%s: %s | %s", self.out, text, timing)
         self.clock["shown"] = time.monotonic()
         self._write_run_json("running", s, eta_s=eta)

@@ -14,10 +14,14 @@ the real shapes (``dmaml bench``'s measurement: seconds per step as training see
 evaluates a few validation tasks; the first step's and the first evaluation's extra seconds are
 its compilation, counted once per run (twice for evaluation with tests: the validation and the
 test batches compile apart). Workers beyond the threads are measured at n = threads and scaled
-linearly. Measurements are cached (``--cache``, keyed by processor and cores), so a second plan
-is instant. ``--costs`` takes a ``dmaml bench`` JSON-lines file instead: seconds per task of the
-nearest measured n, scaled to the run's t and n, evaluation from the FLOP ratio of an evaluated
-to a trained task.
+linearly. A first plan measures few of them (about half a minute each, with a line of progress
+each): the workloads of a dataset and order that the benchmarks shipped in ``benchmarks/`` (of
+the machine nearest in cores) measured take their costs from them, scaled by the ratio of one
+such workload measured here to its benchmark estimate; ``--measure`` measures every workload.
+Costs are cached (``--cache``, keyed by processor and cores), so a second plan is instant.
+``--costs`` takes a ``dmaml bench`` JSON-lines file instead: seconds per task of the nearest
+measured n, scaled to the run's t and n, evaluation from the FLOP ratio of an evaluated to a
+trained task.
 
 One run costs ``startup + compile + steps * step_s + (validations * val_tasks + tests *
 test_tasks) * task_s``, validations at every ``eval_every`` steps reached (and the last), tests at
@@ -70,7 +74,10 @@ def load_config(folder: Path, configfiles: list[Path]) -> dict:
             raise ConfigError(f"configfile {path}: cannot be read ({e.strerror}); run in the "
                               "workflow's folder or give it with --directory") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"configfile {path}: not valid YAML ({e})") from None
+            mark = getattr(e, "problem_mark", None)
+            line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"configfile {path}{line}: not valid YAML "
+                              f"({getattr(e, 'problem', None) or e}); fix that line") from None
         if not isinstance(values, dict):
             raise ConfigError(f"configfile {path}: must be a mapping of keys (config.yaml's "
                               f"layout), got {type(values).__name__}")
@@ -81,7 +88,7 @@ def load_config(folder: Path, configfiles: list[Path]) -> dict:
         validate(config, str(folder / SCHEMA))
     except Exception as e:  # snakemake's WorkflowError, with jsonschema's message
         raise ConfigError(f"configfile {where}: {e}") from None
-    grid.check_experiments(config)
+    grid.check_experiments(config, files=[folder / "config.yaml", *configfiles])
     return config
 
 
@@ -177,11 +184,65 @@ def startup_s() -> float:
     return time.perf_counter() - start
 
 
-def measured_costs(keys: list[dict], cache: Path) -> dict[str, dict]:
-    """Costs of each workload (by its JSON key), from ``cache`` where this machine measured it
-    before, else measured now, each in a fresh process, and added to the cache."""
+def measure(keys: list[dict | None], data: dict, here: str, out) -> list[dict]:
+    """Measure each workload of ``keys`` (None: the start-up) in a fresh process, saying how far
+    it is; each record is appended to the open cache file ``out``."""
     import subprocess
 
+    records = []
+    workloads = [k for k in keys if k is not None]
+    for key in keys:
+        if key is None:
+            log.info("plan: timing the start-up of a training process")
+            record = dict(workload="startup", seconds=startup_s())
+        else:
+            log.info("plan: measuring workload %d of %d on this machine (%s %d-way %d-shot, t=%d, "
+                     "n=%d, %s order; about half a minute each)", workloads.index(key) + 1,
+                     len(workloads), key["dataset"],
+                     key["ways"], key["shots"], key["tasks_per_step"], key["workers"],
+                     "first" if key["first_order"] else "second")
+            done = subprocess.run([sys.executable, "-m", "dmaml.plan", "--one",
+                                   json.dumps(dict(workload=key, data=data))],
+                                  capture_output=True, text=True)
+            lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+            if done.returncode or not lines:
+                raise RuntimeError(f"measuring {key} failed:\n{done.stderr[-2000:]}")
+            record = dict(json.loads(lines[-1]), source="measured here")
+        record["machine"] = here
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+        records.append(record)
+    return records
+
+
+def shipped_bench(folder: Path) -> tuple[str, list[dict]]:
+    """The ``dmaml bench`` records shipped in ``folder/benchmarks`` of the machine nearest this
+    one in cores (a benchmark's files share its date and cores: ``bench-DATE-Ncores*.jsonl``),
+    and their names as a glob; ``("", [])`` where none is shipped."""
+    from dmaml.engines.processes import cores
+
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(Path(folder, "benchmarks").glob("bench-*cores*.jsonl")):
+        groups.setdefault(path.name.split("cores")[0] + "cores", []).append(path)
+    if not groups:
+        return "", []
+
+    def distance(name: str) -> int:
+        digits = "".join(c for c in name.rsplit("-", 1)[-1] if c.isdigit())
+        return abs(int(digits or 0) - cores())
+
+    best = min(sorted(groups, reverse=True), key=distance)  # the newest of the nearest
+    return (f"benchmarks/{best}*.jsonl",
+            [r for path in groups[best] for r in _bench_records(path)])
+
+
+def measured_costs(keys: list[dict], cache: Path, folder: Path | None = None,
+                   measure_all: bool = False) -> dict[str, dict]:
+    """Costs of each workload (by its JSON key), from ``cache`` where this machine measured or
+    estimated it before; else, unless ``measure_all``, from the benchmarks shipped in
+    ``folder`` (:func:`shipped_bench`) for the datasets and orders they measured, scaled by this
+    machine's speed (one of them measured here); the others measured now, each in a fresh
+    process. What is found is added to the cache, so that a second plan is instant."""
     from dmaml import bench
 
     here = machine()
@@ -189,79 +250,123 @@ def measured_costs(keys: list[dict], cache: Path) -> dict[str, dict]:
     if cache.exists():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
-            if r.get("machine") == here:
+            if r.get("machine") == here and (not measure_all or r.get("source", "measured here")
+                                             == "measured here"):
                 known[json.dumps(r.get("workload"), sort_keys=True)] = r
     todo = [k for k in keys if json.dumps(k, sort_keys=True) not in known]
+    name, records = shipped_bench(folder) if folder is not None and not measure_all else ("", [])
+    cores = _bench_cores(records)
+    shipped = {json.dumps(k, sort_keys=True): c for k in todo
+               if (c := _from_bench(k, records, cores)) is not None}
+    if shipped:  # this machine's speed against the benchmark's: the cheapest conv net workload
+        # of a shape, t and n that the benchmark measured (elsewhere FLOPs scale imperfectly)
+        ordered = sorted(shipped.values(), key=lambda c: (
+            c["workload"]["dataset"] == "sine", not _benched(c["workload"], records),
+            c["step_s"]))
+        calibration = ordered[0]["workload"]
+    todo = [k for k in todo if json.dumps(k, sort_keys=True) not in shipped]
+    if shipped:
+        todo.insert(0, calibration)
     if '"startup"' not in known:
         todo.insert(0, None)
-    if todo:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dmaml-plan-") as folder, open(cache, "a") as out:
-        data = bench.make_data(Path(folder)) if todo else {}
-        for key in todo:
-            if key is None:
-                record = dict(workload="startup", seconds=startup_s())
-            else:
-                log.info("measuring %s", key)
-                done = subprocess.run([sys.executable, "-m", "dmaml.plan", "--one",
-                                       json.dumps(dict(workload=key, data=data))],
-                                      capture_output=True, text=True)
-                lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
-                if done.returncode or not lines:
-                    raise RuntimeError(f"measuring {key} failed:\n{done.stderr[-2000:]}")
-                record = json.loads(lines[-1])
-            record["machine"] = here
-            out.write(json.dumps(record) + "\n")
+    if not todo:
+        return known
+    own = len([k for k in todo if k is not None]) - bool(shipped)
+    log.info("plan: %d workload(s) to cost: %d from %s, scaled by one of them measured here; %d "
+             "measured here (--measure measures them all)", len(shipped) + own, len(shipped),
+             name, own)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dmaml-plan-") as folder_, open(cache, "a") as out:
+        data = bench.make_data(Path(folder_))
+        for record in measure(todo, data, here, out):
             known[json.dumps(record["workload"], sort_keys=True)] = record
+        if shipped:
+            own = known[json.dumps(calibration, sort_keys=True)]
+            ratio = own["step_s"] / shipped[json.dumps(calibration, sort_keys=True)]["step_s"]
+            for key, cost in shipped.items():
+                if key in known:
+                    continue
+                record = dict(cost, step_s=cost["step_s"] * ratio, task_s=cost["task_s"] * ratio,
+                              compile_s=own["compile_s"], eval_compile_s=own["eval_compile_s"],
+                              source=f"{name} x {ratio:.2f}", machine=here)
+                out.write(json.dumps(record) + "\n")
+                known[key] = record
     return known
 
 
-def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
-    """Costs of each workload from a ``dmaml bench`` JSON-lines file: the record of the same
-    dataset and order (of the same task shape and engine where measured) nearest in n, its
-    core-seconds per FLOP (the bench's cores from its peak record) times the workload's FLOPs
-    over the job's threads (:func:`dmaml.bench.flops_per_step` for a MAML
-    step, :func:`dmaml.bench.eval_flops` for an evaluated task)."""
-    from dmaml import bench, config
+def _benched(key: dict, records: list[dict]) -> bool:
+    """Whether one of the benchmark ``records`` measured workload ``key``'s task shape, t and n."""
+    from dmaml import bench
 
+    fields = ("dataset", "ways", "shots", "queries", "inner_steps", "tasks_per_step")
+    return any("median_s" in r and r["n"] == key["workers"]
+               and (r["order"] == "first") == key["first_order"]
+               and all(bench.WORKLOADS.get(r["workload"], {}).get(f) == key[f] for f in fields)
+               for r in records)
+
+
+def _bench_records(path: Path) -> list[dict]:
     try:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"--costs {path}: not a `dmaml bench --out` JSON-lines file ({e})") \
             from None
+
+
+def _bench_cores(records: list[dict]) -> int:
+    """The cores the benchmark of ``records`` ran on (its peak record's)."""
+    return next((r["cores"] for r in records if r.get("kind") == "matmul_peak" and "cores" in r), 1)
+
+
+def _from_bench(key: dict, records: list[dict], cores: int) -> dict | None:
+    """The cost of workload ``key`` from ``dmaml bench`` ``records`` (of a machine with
+    ``cores``): the record of the same dataset and order (of the same task shape and engine
+    where measured) nearest in n, its core-seconds per FLOP times the workload's FLOPs over the
+    job's threads. None where no record has its dataset and order."""
+    from dmaml import bench, config
+
+    cfg = config.load(None, {k: v for k, v in key.items() if k not in ("workers", "engine")})
+
+    def same(r):
+        w = bench.WORKLOADS.get(r.get("workload"), {})
+        return ("median_s" in r and w.get("dataset") == cfg.dataset
+                and (r["order"] == "first") == cfg.first_order)
+
+    def shape(r):
+        w = bench.WORKLOADS[r["workload"]]
+        return any(w.get(k, 1) != getattr(cfg, k) for k in ("ways", "shots", "queries",
+                                                             "inner_steps"))
+
+    found = sorted((r for r in records if same(r)),
+                   key=lambda r: (shape(r), r["engine"] != key["engine"],
+                                  abs(r["n"] - key["workers"])))
+    if not found:
+        return None
+    r = found[0]
+    measured = config.load(None, {**bench.WORKLOADS[r["workload"]], "first_order": cfg.first_order})
+    # core-seconds per FLOP: the bench ran on all its cores, a job runs on its threads
+    per_flop = r["median_s"] * cores / (r["n"] * bench.flops_per_step(measured))
+    return dict(workload=key,
+                step_s=per_flop * bench.flops_per_step(cfg) * key["workers"] / key["threads"],
+                compile_s=max(r.get("first_run_s", r["median_s"]) - r["median_s"], 0.0),
+                task_s=per_flop * bench.eval_flops(cfg) / key["threads"], eval_compile_s=0.0)
+
+
+def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
+    """Costs of each workload from a ``dmaml bench`` JSON-lines file (:func:`_from_bench`:
+    :func:`dmaml.bench.flops_per_step` for a MAML step, :func:`dmaml.bench.eval_flops` for an
+    evaluated task)."""
+    records = _bench_records(path)
     startup = next((r["seconds"] for r in records if r.get("workload") == "startup"), 5.0)
-    cores = next((r["cores"] for r in records if r.get("kind") == "matmul_peak" and "cores" in r), 1)
+    cores = _bench_cores(records)
     costs = {'"startup"': dict(workload="startup", seconds=startup)}
     for key in keys:
-        cfg = config.load(None, {k: v for k, v in key.items() if k not in ("workers", "engine")})
-
-        def same(r, cfg=cfg):
-            w = bench.WORKLOADS.get(r.get("workload"), {})
-            return ("median_s" in r and w.get("dataset") == cfg.dataset
-                    and (r["order"] == "first") == cfg.first_order)
-
-        def shape(r, cfg=cfg):
-            w = bench.WORKLOADS[r["workload"]]
-            return any(w.get(k, 1) != getattr(cfg, k) for k in ("ways", "shots", "queries",
-                                                                 "inner_steps"))
-
-        found = sorted((r for r in records if same(r)),
-                       key=lambda r: (shape(r), r["engine"] != key["engine"],
-                                      abs(r["n"] - key["workers"])))
-        if not found:
-            raise ConfigError(f"--costs {path}: no measurement of {cfg.dataset}, "
-                              f"{'first' if cfg.first_order else 'second'} order; leave "
+        cost = _from_bench(key, records, cores)
+        if cost is None:
+            raise ConfigError(f"--costs {path}: no measurement of {key['dataset']}, "
+                              f"{'first' if key['first_order'] else 'second'} order; leave "
                               "--costs out to measure it now")
-        r = found[0]
-        measured = config.load(None, {**bench.WORKLOADS[r["workload"]],
-                                      "first_order": cfg.first_order})
-        # core-seconds per FLOP: the bench ran on all its cores, a job runs on its threads
-        per_flop = r["median_s"] * cores / (r["n"] * bench.flops_per_step(measured))
-        costs[json.dumps(key, sort_keys=True)] = dict(
-            workload=key,
-            step_s=per_flop * bench.flops_per_step(cfg) * key["workers"] / key["threads"],
-            compile_s=max(r.get("first_run_s", r["median_s"]) - r["median_s"], 0.0),
-            task_s=per_flop * bench.eval_flops(cfg) / key["threads"], eval_compile_s=0.0)
+        costs[json.dumps(key, sort_keys=True)] = cost
     return costs
 
 
@@ -367,16 +472,32 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cores", type=int, help="cores of the run [default: this machine's]")
     p.add_argument("--costs", type=Path, help="a `dmaml bench --out` JSON-lines file instead of "
                    "measuring")
+    p.add_argument("--measure", action="store_true",
+                   help="measure every workload on this machine (about half a minute each, "
+                        "cached) instead of scaling the shipped benchmarks' costs to it")
     p.add_argument("--cache", type=Path, help="measured costs of this machine "
                    "[default: DIRECTORY/resources/plan-costs.jsonl]")
     p.set_defaults(func=cmd_plan)
+
+
+def sources(costs: list[dict], here: str) -> str:
+    """Where the costs of a plan came from, in words."""
+    counts: dict[str, int] = {}
+    for cost in costs:
+        source = cost.get("source", "measured here")
+        counts[source] = counts.get(source, 0) + 1
+    words = {"measured here": f"measured on {here}"}
+    return "costs of " + ", ".join(
+        f"{n} workload{'s' if n > 1 else ''} "
+        + words.get(source, f"from {source} (scaled by the speed measured here)")
+        for source, n in sorted(counts.items()))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the plan of the configuration and targets."""
     from dmaml.engines.processes import cores as available
 
-    cores = args.cores or available()
+    cores = available() if args.cores is None else args.cores
     if cores < 1:
         raise ConfigError(f"dmaml plan: --cores must be at least 1, got {cores}")
     config = load_config(args.directory, args.configfile)
@@ -386,9 +507,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             for r in runs_of(config, e, cores)}
     costs = (bench_costs(list(keys.values()), args.costs) if args.costs else
              measured_costs(list(keys.values()),
-                            args.cache or args.directory / "resources" / "plan-costs.jsonl"))
+                            args.cache or args.directory / "resources" / "plan-costs.jsonl",
+                            args.directory, args.measure))
     rows = plan(config, args.targets, cores, costs)
-    source = f"costs from {args.costs}" if args.costs else f"costs measured on {machine()}"
+    source = f"costs from {args.costs}" if args.costs else sources(
+        [costs[k] for k in keys], machine())
     print(f"{table(rows, cores)}\n\n{source}; wall time: jobs packed onto {cores} cores, "
           "data preparation and report jobs not counted")
     return 0

@@ -4,7 +4,9 @@ It reads what training writes as it goes (``run.json``, ``config.yaml``, ``metri
 works while Snakemake or SLURM jobs run, on a laptop or over a cluster's shared filesystem, and
 needs no TensorFlow. A run whose ``run.json`` says ``running`` but has not been updated for
 :data:`STALE_AFTER` seconds (progress is written at least every 30 s) is shown as ``stalled?``:
-its process was probably killed without a chance to say so.
+its process was probably killed without a chance to say so; the ``holder`` column names the
+process that holds (or, killed, last held) the run folder's lock (:mod:`dmaml.run_lock`), so
+that one can be found and stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 STALE_AFTER = 600.0
-COLUMNS = ("run", "status", "step", "val", "s/step", "left", "updated")
+COLUMNS = ("run", "status", "step", "val", "s/step", "left", "updated", "holder")
 
 
 def _last_row(path: Path) -> dict:
@@ -56,7 +58,22 @@ def run_status(folder: Path, now: float | None = None) -> dict[str, str]:
     return {"run": str(folder), "status": status, "step": step, "val": val,
             "s/step": f"{speed:.3f}" if speed else "",
             "left": duration(left) if left is not None else "",
-            "updated": f"{duration(now - updated)} ago" if updated is not None else ""}
+            "updated": f"{duration(now - updated)} ago" if updated is not None else "",
+            "holder": _holder(folder) if status in ("running", "stalled?") else ""}
+
+
+def _holder(folder: Path) -> str:
+    """``host:pid`` of the process that holds the run folder's lock, ``(gone)`` when it is on
+    this host and no longer runs; ``none`` when no process holds it."""
+    import platform
+
+    from dmaml.run_lock import alive, holder
+
+    info = holder(folder)
+    if info is None:
+        return "none"
+    gone = info["host"] == platform.node() and not alive(info["pid"])
+    return f"{info['host']}:{info['pid']}{' (gone)' if gone else ''}"
 
 
 def collect(roots: list[Path]) -> list[dict[str, str]]:
@@ -111,7 +128,8 @@ def add_command(sub) -> None:
                                    "status (finished, running, interrupted, diverged, stalled? "
                                    "when a running run stopped writing progress), step/steps, "
                                    "last validation score, seconds per MAML step, time left "
-                                   "and when it last wrote progress.")
+                                   "and when it last wrote progress; for a running or stalled? "
+                                   "run, the host:pid holding its folder's lock.")
     p.add_argument("roots", nargs="*", type=Path, metavar="ROOT", help="folders of run folders")
     p.add_argument("--json", action="store_true", help="the rows as JSON")
     p.set_defaults(func=cmd_status)

@@ -88,18 +88,8 @@ class FewShotSampler:
         self.ways, self.shots, self.queries = ways, shots, queries
         data = read_split(path, split)
         self.images, self.offsets, self.class_names = data.images, data.offsets, data.class_names
-        sizes = data.class_sizes()
-        if data.num_classes < ways:
-            raise DatasetError(f"{path}: split '{split}' has {data.num_classes} classes, fewer "
-                               f"than ways={ways}; lower `ways` or use a larger dataset")
-        small = np.flatnonzero(sizes < shots + queries)
-        if small.size:
-            c = int(small[0])
-            raise DatasetError(
-                f"{path}: class '{data.class_names[c]}' of split '{split}' has {sizes[c]} images, "
-                f"fewer than shots + queries = {shots} + {queries}; lower `shots` or `queries` "
-                f"({small.size} classes are too small)")
-        self.sizes = sizes
+        self.sizes = data.class_sizes()
+        check_fits(path, split, data.class_names, self.sizes, ways, shots, queries)
 
     def sample(self, rng: np.random.Generator) -> Task:
         classes = rng.choice(len(self.sizes), size=self.ways, replace=False)
@@ -117,6 +107,22 @@ class FewShotSampler:
 
     def sample_batch(self, rng: np.random.Generator, n: int) -> Task:
         return sample_batch(self, rng, n)
+
+
+def check_fits(path, split: str, names: tuple[str, ...], sizes: np.ndarray, ways: int, shots: int,
+               queries: int) -> None:
+    """A :class:`DatasetError` unless ``split`` of the dataset file ``path`` (its class
+    ``names`` and ``sizes``) can serve ``ways``-way tasks of ``shots`` + ``queries`` images."""
+    if len(names) < ways:
+        raise DatasetError(f"{path}: split '{split}' has {len(names)} classes, fewer "
+                           f"than ways={ways}; lower `ways` or use a larger dataset")
+    small = np.flatnonzero(sizes < shots + queries)
+    if small.size:
+        c = int(small[0])
+        raise DatasetError(
+            f"{path}: class '{names[c]}' of split '{split}' has {sizes[c]} images, "
+            f"fewer than shots + queries = {shots} + {queries}; lower `shots` or `queries` "
+            f"({small.size} classes are too small)")
 
 
 def make_sampler(cfg, split: str = "train", shots: int | None = None) -> Sampler:

@@ -2,9 +2,11 @@
 # other .smk files hold rules only). In order: the configuration, read and checked against
 # workflow/schemas/config.schema.yaml before any job; the data stage's inputs (where the raw data
 # come from); the training runs behind each table and figure (expanded by src/dmaml/grid.py) and
-# their folder names; which source files are inputs of the training and report rules; the shell
+# their folder names; which source files are inputs of the report rules, and the digest file that
+# stands for the training code; the shell
 # prefix and wildcard constraints; each training job's flags, threads, runtime and memory; and
 # the launcher of the cluster engine (Ray across SLURM nodes).
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -91,14 +93,16 @@ FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fi
 SRC = Path(workflow.basedir, "src", "dmaml")
 # Modules that cannot change a run's numbers, so editing them re-runs no training: the command
 # line, benchmarks and the plan, the grid expansion (a run's settings reach it as flags), run
-# monitoring, provenance and error texts, data preparation (its output, the HDF5 file, is an input
-# of its own) and the report. Any other module (a new one too) is an input of every training job.
+# monitoring and the run folder's lock, provenance and error texts, data preparation (its output,
+# the HDF5 file, is an input of its own) and the report. Any other module (a new one too) is
+# training code.
 NOT_TRAINING_CODE = {
     "cli.py",
     "bench.py",
     "grid.py",
     "plan.py",
     "status.py",
+    "run_lock.py",
     "provenance.py",
     "errors.py",
     "data/cli.py",
@@ -106,11 +110,30 @@ NOT_TRAINING_CODE = {
     "data/omniglot.py",
     "data/miniimagenet.py",
 }
-TRAINING_CODE = sorted(
-    str(p)
+TRAINING_MODULES = sorted(
+    p
     for p in SRC.rglob("*.py")
     if "report" not in p.parts and p.relative_to(SRC).as_posix() not in NOT_TRAINING_CODE
 )
+
+
+def code_digest(modules, path):
+    """One file standing for the version of `modules` (a sha256 line each), rewritten only when
+    one of them changed: an input whose date is that of the last change that can alter a number,
+    so that such a change re-runs the jobs that use it, and the terminal shows one file."""
+    text = "".join(
+        f"{hashlib.sha256(m.read_bytes()).hexdigest()}  {m.relative_to(SRC).as_posix()}\n" for m in modules
+    )
+    path = Path(path)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+TRAINING_CODE = code_digest(TRAINING_MODULES, "results/code/training.sha256")
 REPORT_CODE = sorted(str(p) for p in SRC.glob("report/*.py")) + [str(SRC / "cli.py")]
 # Jobs run this workflow's own source tree (`python -m dmaml.cli`), so that a job runs exactly
 # the code its `code` inputs name; the environment provides the dependencies.
@@ -172,13 +195,21 @@ def run_flags(wildcards):
 def check_experiments():
     """Check every run's settings now, so that a wrong value stops the workflow before any job."""
     try:
-        grid.check_experiments(config)
+        grid.check_experiments(config, files=[*workflow.configfiles, *workflow.overwrite_configfiles])
     except ConfigError as e:
         raise WorkflowError(str(e)) from None
 
 
 def dataset_file(wildcards):
-    return [] if wildcards.dataset == "sine" else [f"resources/{wildcards.dataset}.h5"]
+    """The run's dataset file; where it exists, checked now against the run's tasks (so that a
+    dry run stops at `ways: 5000`, not the job)."""
+    if wildcards.dataset == "sine":
+        return []
+    try:
+        grid.check_data(resolve(RunConfig(**wildcard_settings(wildcards))))
+    except ConfigError as e:
+        raise WorkflowError(f"experiments.{wildcards.experiment}: {e}") from None
+    return [f"resources/{wildcards.dataset}.h5"]
 
 
 def train_threads(wildcards):

@@ -1,7 +1,8 @@
 # The report's entries: each table as HTML (the paper's layout, shown in the report) and CSV (its
 # data), each figure as PNG; their captions are workflow/report/*.rst. Each table shows the
 # paper's published values beside ours (workflow/paper/tables.csv, an input so that editing it
-# re-makes the tables and no training).
+# re-makes the tables and no training). Outputs are update(): a failing job (a run folder with
+# damaged rows) leaves the previous table or figure in place instead of deleting it.
 PAPER = str(Path(workflow.basedir, "workflow", "paper", "tables.csv"))
 
 
@@ -13,13 +14,13 @@ rule make_table:
         code=REPORT_CODE,
     output:
         csv=report(
-            "results/tables/{table}.csv",
+            update("results/tables/{table}.csv"),
             caption="../report/table.rst",
             category="Tables",
         ),
-        md="results/tables/{table}.md",
+        md=update("results/tables/{table}.md"),
         html=report(
-            "results/tables/{table}.html",
+            update("results/tables/{table}.html"),
             caption="../report/table.rst",
             category="Tables",
         ),
@@ -47,13 +48,13 @@ rule make_table1:
         code=REPORT_CODE,
     output:
         csv=report(
-            "results/tables/table1.csv",
+            update("results/tables/table1.csv"),
             caption="../report/table.rst",
             category="Tables",
         ),
-        md="results/tables/table1.md",
+        md=update("results/tables/table1.md"),
         html=report(
-            "results/tables/table1.html",
+            update("results/tables/table1.html"),
             caption="../report/table.rst",
             category="Tables",
         ),
@@ -75,7 +76,7 @@ rule make_reproduction:
         paper=PAPER,
         code=REPORT_CODE,
     output:
-        "results/tables/reproduction.md",
+        update("results/tables/reproduction.md"),
     log:
         "logs/make_reproduction/reproduction.log",
     conda:
@@ -91,12 +92,12 @@ rule plot_figure:
         code=REPORT_CODE,
     output:
         png=report(
-            "results/figures/{figure}.png",
+            update("results/figures/{figure}.png"),
             caption="../report/figure.rst",
             category="Figures",
         ),
-        pdf="results/figures/{figure}.pdf",
-        txt="results/figures/{figure}.txt",
+        pdf=update("results/figures/{figure}.pdf"),
+        txt=update("results/figures/{figure}.txt"),
     log:
         "logs/plot_figure/{figure}.log",
     wildcard_constraints:
@@ -119,18 +120,18 @@ rule plot_wall_figure:
         code=REPORT_CODE,
     output:
         png=report(
-            "results/figures/{figure}_wall.png",
+            update("results/figures/{figure}_wall.png"),
             caption="../report/figure.rst",
             category="Figures",
         ),
-        pdf="results/figures/{figure}_wall.pdf",
-        txt="results/figures/{figure}_wall.txt",
+        pdf=update("results/figures/{figure}_wall.pdf"),
+        txt=update("results/figures/{figure}_wall.txt"),
         csv=report(
-            "results/figures/{figure}_wall.csv",
+            update("results/figures/{figure}_wall.csv"),
             caption="../report/figure.rst",
             category="Figures",
         ),
-        md="results/figures/{figure}_wall.md",
+        md=update("results/figures/{figure}_wall.md"),
     log:
         "logs/plot_figure/{figure}_wall.log",
     wildcard_constraints:
@@ -151,12 +152,12 @@ rule plot_extrapolation:
         code=REPORT_CODE,
     output:
         png=report(
-            "results/figures/fig2.png",
+            update("results/figures/fig2.png"),
             caption="../report/figure.rst",
             category="Figures",
         ),
-        pdf="results/figures/fig2.pdf",
-        txt="results/figures/fig2.txt",
+        pdf=update("results/figures/fig2.pdf"),
+        txt=update("results/figures/fig2.txt"),
     log:
         "logs/plot_figure/fig2.log",
     conda:

@@ -6,6 +6,7 @@ A run folder (written by ``dmaml train``) holds ``config.yaml``, ``metrics.csv``
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -109,7 +110,42 @@ def selection_note(where: list[str] | set[str]) -> str:
 
 def metrics(run: str | Path) -> pd.DataFrame:
     """The validation metrics of a run (one row per validation)."""
-    return pd.read_csv(Path(run) / "metrics.csv")
+    return run_csv(Path(run) / "metrics.csv")
+
+
+def run_csv(path: Path) -> pd.DataFrame:
+    """A run folder's ``metrics.csv`` or ``test.csv``, checked: a :class:`ReportError` naming the
+    file and its lines when a row cannot be read (a field too many or too few, text for a
+    number) or a step comes twice (two writers, or a copy cut short), rather than a table built
+    from them or pandas' own error."""
+    again = f"delete the run folder {path.parent} and train it again"
+    try:
+        with open(path, newline="") as f:
+            raw = list(csv.reader(f))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: missing; the run folder is incomplete: train it again "
+                          "(`dmaml train` on the folder resumes it)") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ReportError(f"{path}: unreadable ({e}); {again}") from None
+    if not raw or "step" not in raw[0]:
+        raise ReportError(f"{path}: no header with a step column; {again}")
+    frame = pd.DataFrame([r for r in raw[1:] if len(r) == len(raw[0])], columns=raw[0])
+    frame.index = [i + 1 for i, r in enumerate(raw[1:], 1) if len(r) == len(raw[0])]  # lines
+    frame = frame.mask(frame == "")  # empty fields: no value
+    numbers = frame.drop(columns=["metric"], errors="ignore")
+    parsed = numbers.apply(pd.to_numeric, errors="coerce")
+    wrong = (numbers.notna() & parsed.isna()).any(axis=1) | parsed["step"].isna()
+    bad = sorted([i + 1 for i, r in enumerate(raw[1:], 1) if len(r) != len(raw[0])]
+                 + list(frame.index[wrong]))
+    if bad:
+        raise ReportError(f"{path}: unreadable row(s) at line(s) {bad}; {again}")
+    frame[parsed.columns] = parsed
+    twice = frame["step"].duplicated(keep=False)
+    if twice.any():
+        steps = sorted({int(s) for s in frame["step"][twice]})
+        raise ReportError(f"{path}: step(s) {steps} come twice (lines {list(frame.index[twice])}): "
+                          f"two trainings wrote this run folder at once; {again}")
+    return frame.reset_index(drop=True)
 
 
 def listing(values) -> str:

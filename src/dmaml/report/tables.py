@@ -35,6 +35,7 @@ from dmaml.report import (
     listing,
     load_runs,
     metrics,
+    run_csv,
     selection_note,
 )
 
@@ -136,8 +137,8 @@ def checkpoint_table(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataF
     cells = []
     for best, group in rows(runs):
         run = Path(best["run"])
-        test = pd.read_csv(run / "test.csv")
-        seeds = {s: pd.read_csv(Path(r) / "test.csv") for s, r in zip(group["seed"], group["run"])}
+        test = run_csv(run / "test.csv")
+        seeds = {s: run_csv(Path(r) / "test.csv") for s, r in zip(group["seed"], group["run"])}
         if best["status"] == "diverged":  # no scores from the divergence on: empty cells
             steps = yaml.safe_load((run / "config.yaml").read_text())["checkpoint_steps"]
             missing = sorted(set(steps) - set(test["step"]))

@@ -1,0 +1,61 @@
+"""Tables and figures never crash on what a writer left in a run folder: a step written twice or
+a row that cannot be read stops them with one line naming the file and its lines, and the
+previous outputs stay as they were."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from dmaml.cli import main
+from dmaml.learner import Learner
+
+from .test_learner import sine
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs") / "sine-n1"
+    Learner(sine(steps=20, eval_every=10, test_tasks=5, checkpoint_steps=[10, 20]), folder).train()
+    return folder
+
+
+def damaged(run, tmp_path, name: str, edit):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    lines = (copy / name).read_text().splitlines(keepends=True)
+    (copy / name).write_text("".join(edit(lines)))
+    return copy
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    # two writers: a step's row twice (the issue's test.csv ended with step 200 twice)
+    ("test.csv", lambda lines: [*lines, lines[-1]], r"step\(s\) \[20\] come twice \(lines \[3, 4\]\)"),
+    ("metrics.csv", lambda lines: [lines[0], lines[1], *lines[1:]],
+     r"step\(s\) \[10\] come twice \(lines \[2, 3\]\)"),
+    # a row cut short by a full disk or a killed copy
+    ("test.csv", lambda lines: [*lines[:-1], lines[-1][:4] + "\n"],
+     r"unreadable row\(s\) at line\(s\) \[3\]"),
+    ("metrics.csv", lambda lines: [*lines, "1,2,3,4,5,6,7,8,9,10\n"],
+     r"unreadable row\(s\) at line\(s\) \[4\]"),
+    ("test.csv", lambda lines: [*lines[:-1], lines[-1].replace("mse,", "mse,x")],
+     r"unreadable row\(s\) at line\(s\) \[3\]"),
+])
+def test_a_damaged_run_csv_is_one_line_and_the_old_table_stays(run, tmp_path, caplog, name, edit,
+                                                                message):
+    copy = damaged(run, tmp_path, name, edit)
+    out = tmp_path / "table.csv"
+    assert main(["table", "checkpoints", str(run), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("table.*")}
+    caplog.clear()
+    assert main(["table", "checkpoints", str(copy), "--out", str(out)]) == 2
+    assert main(["figure", "workers", str(copy), "--out", str(tmp_path / "fig.png")]) == (
+        2 if name == "metrics.csv" else 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and all("\n" not in e for e in errors)
+    assert errors[0].startswith(f"{copy / name}: ")
+    assert re.search(message, errors[0]), errors[0]
+    assert "delete the run folder" in errors[0] or "train it again" in errors[0]
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("table.*")} == before
