@@ -2,9 +2,10 @@
 # other .smk files hold rules only). In order: the configuration, read and checked against
 # workflow/schemas/config.schema.yaml before any job; the data stage's inputs (where the raw data
 # come from); the training runs behind each table and figure (expanded by src/dmaml/grid.py) and
-# their folder names; which source files are inputs of the report rules, and the digest file that
-# stands for the training code; the shell prefix and wildcard constraints; each training job's flags, threads, runtime and memory; and
-# the launcher of the cluster engine (Ray across SLURM nodes).
+# their folder names; which source files are inputs of the report rules, and the digest file
+# that stands for the training code; the shell prefix and wildcard constraints; each training
+# job's flags, threads, runtime and memory; and the launcher of the cluster engine (Ray across
+# SLURM nodes).
 import hashlib
 import json
 import shlex
