@@ -1,14 +1,18 @@
 """A short sweep of the merge strategies' settings, from which their defaults are chosen
-(benchmarks/README.md, "Merge strategies"; issue #13, Figure 7).
+(benchmarks/README.md, "Merge strategies"; Figure 7).
 
-    python benchmarks/merge_sweep.py --data resources/omniglot.h5   # about 15-20 min on 2 cores
+    python benchmarks/merge_sweep.py --data resources/omniglot.h5   # about 30 min on 2 cores
 
-Omniglot 5-way 1-shot with n workers of t tasks each (default n = 8, t = 2, 300 MAML steps, seeds
-0 and 1): the paper's ``mean`` merge, ``weighted`` at each ``--temperatures`` value and
-``drop_worst`` at each ``--drops`` value, every run in a fresh folder. For each setting: the
-validation accuracy (``--val_tasks`` tasks, the same tasks for every run) at the last step and at
-its best, the fall from best to last (a diverging run falls), the runs that stopped on non-finite
-values, and the seconds per run. Each run's row is appended to ``--out`` (CSV) as it ends; the
+Omniglot 5-way 1-shot with n workers of t tasks each, m = 1 (default: Figure 7's n = 16, t = 32;
+100 MAML steps, seed 0): the paper's ``mean`` merge, ``weighted`` at each ``--temperatures``
+value (relative to the spread of the workers' probe scores) and ``drop_worst`` at each
+``--drops`` fraction, every run in a fresh folder (kept under ``--runs`` if given). For each
+setting: the validation accuracy (``--val_tasks`` tasks, the same tasks for every run) at the
+last step and at its best, the fall from best to last (a diverging run falls), the runs that
+stopped on non-finite values; the spread of the workers' probe scores (their standard deviation
+within a run, then its mean over runs, beside the mean score), the effective number of workers
+merged (1 / sum of squared weights, averaged over runs: n for the mean), and the seconds of the
+whole training and of its probing. Each run's row is appended to ``--out`` (CSV) as it ends; the
 Markdown table goes to stdout.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import statistics
 import tempfile
@@ -26,10 +31,11 @@ from dmaml.config import RunConfig, resolve
 from dmaml.errors import TrainingDiverged
 from dmaml.learner import Learner
 
-COLUMNS = ["merge", "setting", "seed", "final_val_acc", "best_val_acc", "diverged", "seconds"]
+COLUMNS = ["merge", "setting", "seed", "final_val_acc", "best_val_acc", "diverged", "score_mean",
+           "score_sd", "effective_workers", "seconds", "probe_seconds"]
 
 
-def strategies(temperatures: list[float], drops: list[int]) -> list[tuple[str, dict]]:
+def strategies(temperatures: list[float], drops: list[float]) -> list[tuple[str, dict]]:
     """(merge, extra settings) of every line of the sweep, the paper's mean first."""
     return ([("mean", {})]
             + [("weighted", {"merge_temperature": t}) for t in temperatures]
@@ -42,25 +48,51 @@ def train_one(args: argparse.Namespace, merge: str, extra: dict, seed: int, out:
                             workers=args.workers, tasks_per_step=args.tasks, steps=args.steps,
                             merge=merge, eval_every=args.eval_every, val_tasks=args.val_tasks,
                             test_tasks=0, checkpoint_steps=[], seed=seed, tensorboard=False,
-                            **extra))
+                            merge_probe_tasks=args.probe_tasks, **extra))
     start = time.perf_counter()
     try:
         Learner(cfg, out).train()
         diverged = False
     except TrainingDiverged:
         diverged = True
+    seconds = round(time.perf_counter() - start, 1)
     with open(out / "metrics.csv") as f:
         accs = [float(r["val_acc"]) for r in csv.DictReader(f)]
+    runs = scored_runs(out / "worker_scores.csv")
     return {"merge": merge, "setting": " ".join(f"{k}={v}" for k, v in extra.items()) or "-",
             "seed": seed, "final_val_acc": accs[-1] if accs and not diverged else float("nan"),
             "best_val_acc": max(accs, default=float("nan")), "diverged": diverged,
-            "seconds": round(time.perf_counter() - start, 1)}
+            "score_mean": mean_of(runs, lambda s, w: statistics.fmean(s)),
+            "score_sd": mean_of(runs, lambda s, w: statistics.pstdev(s)),
+            "effective_workers": mean_of(runs, lambda s, w: 1 / sum(x * x for x in w))
+            if runs else float(args.workers),
+            "seconds": seconds,
+            "probe_seconds": json.loads((out / "run.json").read_text()).get("probe_s", 0.0)}
+
+
+def scored_runs(path: Path) -> list[tuple[list[float], list[float]]]:
+    """(scores, weights) of each run in a run folder's worker_scores.csv (none for mean)."""
+    if not path.exists():
+        return []
+    runs: dict[str, tuple[list[float], list[float]]] = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            scores, weights = runs.setdefault(r["step"], ([], []))
+            scores.append(float(r["score"]))
+            weights.append(float(r["weight"]))
+    return list(runs.values())
+
+
+def mean_of(runs: list, statistic) -> float:
+    """The mean over runs of ``statistic(scores, weights)`` (nan without runs)."""
+    return statistics.fmean(statistic(*run) for run in runs) if runs else float("nan")
 
 
 def summary(rows: list[dict]) -> str:
     """The Markdown table: one line per setting, means (and spread) over seeds."""
     lines = ["| merge | setting | final val acc (mean, range) | best | best - final | diverged "
-             "| s per run |", "|---|---|---|---|---|---|---|"]
+             "| probe score (sd within a run) | effective workers | s per training (probing) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["merge"], r["setting"]) for r in rows):
         group = [r for r in rows if (r["merge"], r["setting"]) == key]
         final = [r["final_val_acc"] for r in group]
@@ -69,26 +101,33 @@ def summary(rows: list[dict]) -> str:
         lines.append(f"| {key[0]} | {key[1]} | {statistics.mean(final):.3f} ({min(final):.3f}-"
                      f"{max(final):.3f}) | {statistics.mean(best):.3f} | {fall:.3f} | "
                      f"{sum(r['diverged'] for r in group)}/{len(group)} | "
-                     f"{statistics.mean(r['seconds'] for r in group):.0f} |")
+                     f"{statistics.mean(r['score_mean'] for r in group):.3f} "
+                     f"({statistics.mean(r['score_sd'] for r in group):.3f}) | "
+                     f"{statistics.mean(r['effective_workers'] for r in group):.1f} | "
+                     f"{statistics.mean(r['seconds'] for r in group):.0f} "
+                     f"({statistics.mean(r['probe_seconds'] for r in group):.0f}) |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("resources/omniglot.h5"))
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--tasks", type=int, default=2, help="tasks per step of each worker (t)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--tasks", type=int, default=32, help="tasks per step of each worker (t)")
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eval_every", type=int, default=50)
     p.add_argument("--val_tasks", type=int, default=100)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--temperatures", type=float, nargs="+", default=[0.1, 0.3, 1.0])
-    p.add_argument("--drops", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--probe_tasks", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 2.0])
+    p.add_argument("--drops", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--out", type=Path, default=Path("merge_sweep.csv"))
+    p.add_argument("--runs", type=Path, help="keep the run folders here (default: temporary)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, open(args.out, "w", newline="") as f:
+        tmp = args.runs or tmp
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         for merge, extra in strategies(args.temperatures, args.drops):
@@ -97,8 +136,9 @@ def main() -> None:
                 rows.append(train_one(args, merge, extra, seed, out))
                 writer.writerow(rows[-1])
                 f.flush()
-    print(f"Omniglot 5-way 1-shot, n = {args.workers}, t = {args.tasks}, {args.steps} MAML steps, "
-          f"seeds {args.seeds}, {args.val_tasks} validation tasks\n")
+    print(f"Omniglot 5-way 1-shot, n = {args.workers}, t = {args.tasks}, m = 1, {args.steps} MAML "
+          f"steps, seeds {args.seeds}, {args.val_tasks} validation tasks, {args.probe_tasks} probe "
+          "tasks\n")
     print(summary(rows))
 
 

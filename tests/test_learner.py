@@ -16,7 +16,7 @@ from dmaml import checkpoint, config, maml, merge, models, optimizer
 from dmaml.engines.sequential import SequentialEngine
 from dmaml.evaluate import Evaluator
 from dmaml.learner import Learner, TrainingDiverged
-from dmaml.tasks import INIT, TRAIN, SineSampler, sample_batch, task_rng
+from dmaml.tasks import INIT, PROBE, TRAIN, SineSampler, make_sampler, sample_batch, task_rng
 
 
 def sine(**overrides) -> config.RunConfig:
@@ -50,33 +50,89 @@ def test_one_worker_is_plain_maml(tmp_path):
     np.testing.assert_array_equal(final["states"][0].m["dense0/w"], state.m["dense0/w"].numpy())
 
 
+def probe_scores(cfg: config.RunConfig, results: dict, start: int) -> np.ndarray:
+    """Each worker's returned parameters adapted to the run's probe tasks, as at validation:
+    the mean query loss (dmaml.merge)."""
+    prober = Evaluator(models.for_config(cfg), make_sampler(cfg, "train"), "train",
+                       cfg.merge_probe_tasks, cfg.seed, cfg.alpha, cfg.eval_inner_steps,
+                       stream=PROBE)
+    return np.array([prober(results[w].params, start).loss for w in sorted(results)])
+
+
 @pytest.mark.parametrize("strategy", ["mean", "weighted", "drop_worst"])
 def test_merged_parameters_follow_the_strategy(tmp_path, strategy):
     cfg = sine(workers=3, steps_per_run=2, steps=2, eval_every=2, merge=strategy,
-               merge_temperature=0.5, engine="sequential")
+               merge_temperature=0.5, merge_drop=0.34, engine="sequential")
     final = Learner(cfg, tmp_path).train()
     theta0 = models.mlp().init(task_rng(cfg.seed, INIT))
     results = SequentialEngine(cfg).run(theta0, {w: optimizer.init(theta0) for w in range(3)}, 0)
-    losses = np.array([results[w].loss for w in range(3)])
-    assert len(set(losses)) == 3, "workers must see different tasks"
+    scores = probe_scores(cfg, results, 0)
+    assert len(set(scores)) == 3, "workers must return different parameters"
     if strategy == "mean":
         w = np.full(3, 1 / 3)
-    elif strategy == "weighted":
-        w = np.exp(-losses / 0.5) / np.exp(-losses / 0.5).sum()
+        assert not (tmp_path / "worker_scores.csv").exists(), "the mean merge scores nothing"
     else:
-        w = (losses < losses.max()) / 2.0
+        if strategy == "weighted":
+            w = np.exp(-(scores - scores.min()) / (0.5 * scores.std()))
+            w /= w.sum()
+        else:  # floor(0.34 * 3) = 1 worker left out
+            w = (scores < scores.max()) / 2.0
+        written = rows(tmp_path / "worker_scores.csv")
+        assert [(r["step"], r["worker"]) for r in written] == [("2", "0"), ("2", "1"), ("2", "2")]
+        np.testing.assert_allclose([float(r["score"]) for r in written], scores, rtol=1e-6)
+        np.testing.assert_allclose([float(r["weight"]) for r in written], w, rtol=1e-6)
     for k in theta0:
         expected = sum(w[i] * results[i].params[k] for i in range(3))
         np.testing.assert_allclose(final["theta"][k], expected, rtol=1e-5, atol=1e-7)
     assert final["states"][2].t == 2, "each worker keeps its own Adam state"
 
 
+def test_the_merge_judges_what_workers_return_not_the_tasks_they_drew(tmp_path):
+    """With m = 1 every worker starts from the same theta, so its own training loss (taken before
+    its update) only says how hard the tasks it drew were: judged by it, drop_worst would leave
+    out the worker that drew the hardest tasks. It leaves out the worker whose returned
+    parameters do worst on the probe tasks, the same tasks for every worker."""
+    cfg = sine(workers=4, steps=1, eval_every=1, merge="drop_worst", merge_drop=0.25,
+               engine="sequential")
+    final = Learner(cfg, tmp_path).train()
+    theta0 = models.mlp().init(task_rng(cfg.seed, INIT))
+    results = SequentialEngine(cfg).run(theta0, {w: optimizer.init(theta0) for w in range(4)}, 0)
+    own = np.array([results[w].loss for w in range(4)])
+    scores = probe_scores(cfg, results, 0)
+    assert np.argmax(own) != np.argmax(scores), "this seed must tell the two rankings apart"
+    weights = [float(r["weight"]) for r in rows(tmp_path / "worker_scores.csv")]
+    assert np.argmin(weights) == np.argmax(scores) and sorted(weights) == [0, 1 / 3, 1 / 3, 1 / 3]
+    for k in theta0:
+        expected = np.mean([results[w].params[k] for w in range(4) if w != np.argmax(scores)],
+                           axis=0)
+        np.testing.assert_allclose(final["theta"][k], expected, rtol=1e-5, atol=1e-7)
+
+
 def test_merge_weights():
     np.testing.assert_allclose(merge.weights("mean", [1, 2, 3, 4]), 0.25)
-    w = merge.weights("weighted", [0.0, np.log(2.0)], temperature=1.0)
-    np.testing.assert_allclose(w, [2 / 3, 1 / 3])
-    np.testing.assert_array_equal(merge.weights("drop_worst", [3, 1, 2, 5], drop=2), [0, 0.5, 0.5, 0])
-    np.testing.assert_array_equal(merge.weights("drop_worst", [3, 1], drop=5), [0, 1])
+    # relative temperature: one standard deviation of the scores worse counts exp(-1/T) as much
+    w = merge.weights("weighted", [0.0, 1.0], temperature=1.0)  # std 0.5
+    np.testing.assert_allclose(w, np.array([1, np.exp(-2)]) / (1 + np.exp(-2)))
+    np.testing.assert_allclose(merge.weights("weighted", [3.0, 13.0], temperature=1.0), w)
+    np.testing.assert_allclose(merge.weights("weighted", [0.7, 0.7, 0.7]), 1 / 3)
+    np.testing.assert_allclose(merge.weights("weighted", [0.7]), 1.0)
+    np.testing.assert_array_equal(merge.weights("drop_worst", [3, 1, 2, 5], drop=0.5),
+                                  [0, 0.5, 0.5, 0])
+    np.testing.assert_array_equal(merge.weights("drop_worst", [3, 1], drop=0.99), [0, 1])
+    assert [merge.dropped(n, 0.25) for n in (1, 2, 3, 4, 16, 32)] == [0, 0, 0, 1, 4, 8]
+    assert merge.dropped(10, 0.7) == 7 and merge.dropped(5, 0.0) == 0
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"merge_drop": 1}, "merge_drop: must be the fraction .* in \\[0, 1\\) such as 0.25 \\(no "
+                        "longer a count of workers\\), got 1"),
+    ({"merge_drop": -0.1}, "merge_drop: must be the fraction"),
+    ({"merge_temperature": 0}, "merge_temperature: must be a positive number"),
+    ({"merge_probe_tasks": 1}, "merge_probe_tasks: must be an integer >= 2"),
+])
+def test_bad_merge_settings_are_clear_errors(setting, message):
+    with pytest.raises(config.ConfigError, match=message):
+        sine(merge="weighted", **setting)
 
 
 def test_worker_schedule_reduces_workers(tmp_path):

@@ -41,8 +41,11 @@ HELP = {
     "tasks_per_step": "t, tasks per MAML step",
     "steps": "MAML steps of the central model (runs x m)",
     "merge": "mean | weighted | drop_worst",
-    "merge_temperature": "T of the weighted merge, weights softmax(-loss/T)",
-    "merge_drop": "workers left out by drop_worst",
+    "merge_temperature": "T of the weighted merge, relative to the spread of the workers' probe "
+                         "scores: weights softmax(-(s - min s) / (T std s))",
+    "merge_drop": "fraction of the workers drop_worst leaves out (those of worst probe score)",
+    "merge_probe_tasks": "training tasks on which weighted and drop_worst score each worker's "
+                         "returned parameters (adapted as at validation)",
     "worker_schedule": "[[from_step, n], ...]: fewer workers later in training, e.g. "
                        "[[0,4],[500,2]] or 0,4 500,2 [default: n throughout]",
     "alpha": "inner (adaptation) learning rate",

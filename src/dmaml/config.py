@@ -49,8 +49,9 @@ class RunConfig:
     tasks_per_step: int | None = None  # t
     steps: int = 10000  # MAML steps of the central model (runs x m)
     merge: str = "mean"
-    merge_temperature: float = 1.0  # weighted: weights softmax(-loss / T)
-    merge_drop: int = 1  # drop_worst: number of highest-loss workers left out
+    merge_temperature: float = 1.0  # weighted: T, relative to the spread of the probe scores
+    merge_drop: float = 0.25  # drop_worst: fraction of the workers left out (worst probe scores)
+    merge_probe_tasks: int = 16  # weighted, drop_worst: training tasks each worker is scored on
     worker_schedule: list[list[int]] | None = None  # [[from_step, n], ...], n non-increasing
     alpha: float | None = None
     beta: float | None = None
@@ -119,7 +120,7 @@ def _check(c: RunConfig) -> None:
         value = getattr(c, key)
         _require(isinstance(value, int) and value >= 1, key,
                  f"must be an integer >= 1, got {value!r}")
-    for key in ("inner_steps", "eval_inner_steps", "test_tasks", "merge_drop", "threads"):
+    for key in ("inner_steps", "eval_inner_steps", "test_tasks", "threads"):
         value = getattr(c, key)
         _require(isinstance(value, int) and value >= 0, key,
                  f"must be an integer >= 0, got {value!r}")
@@ -127,6 +128,14 @@ def _check(c: RunConfig) -> None:
         value = getattr(c, key)
         _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key,
                  f"must be a positive number, got {value!r}")
+    _require(isinstance(c.merge_probe_tasks, int) and not isinstance(c.merge_probe_tasks, bool)
+             and c.merge_probe_tasks >= 2, "merge_probe_tasks",
+             f"must be an integer >= 2 (the tasks each worker is scored on; 16 is the default), "
+             f"got {c.merge_probe_tasks!r}")
+    drop = c.merge_drop
+    _require(isinstance(drop, (int, float)) and not isinstance(drop, bool) and 0 <= drop < 1,
+             "merge_drop", f"must be the fraction of the workers drop_worst leaves out, in [0, 1) "
+             f"such as 0.25 (no longer a count of workers), got {drop!r}")
     for key in ("first_order", "tensorboard"):
         _require(isinstance(getattr(c, key), bool), key,
                  f"must be true or false, got {getattr(c, key)!r}")
@@ -163,6 +172,14 @@ def _check(c: RunConfig) -> None:
                  f"worker counts must be between 1 and workers={c.workers}")
         _require(ns == sorted(ns, reverse=True), "worker_schedule",
                  "worker counts may only decrease over training")
+
+
+def inert(cfg: RunConfig) -> set[str]:
+    """Settings that cannot change this run's numbers: the merge settings its strategy does not
+    read (a run may resume from a checkpoint that differs in them)."""
+    unread = {"mean": ("merge_temperature", "merge_drop", "merge_probe_tasks"),
+              "weighted": ("merge_drop",), "drop_worst": ("merge_temperature",)}
+    return set(unread.get(cfg.merge, ()))
 
 
 def workers_at(cfg: RunConfig, step: int) -> int:

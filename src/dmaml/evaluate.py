@@ -1,8 +1,10 @@
 """Adapt-and-test evaluation: mean and 95% confidence interval over a fixed set of tasks.
 
 The tasks of a split are drawn from ``task_rng(eval_seed, stream)``, so every run of a dataset
-setting is evaluated on the same tasks. The interval is ``1.96 * std / sqrt(tasks)`` with the
-population standard deviation, as in the original MAML code.
+setting is evaluated on the same tasks. (The merges' probe, :mod:`dmaml.merge`, passes a stream
+of its own and the run's step as further indices: other tasks at each run.) The interval is
+``1.96 * std / sqrt(tasks)`` with the population standard deviation, as in the original MAML
+code.
 
 Tasks are adapted and tested in batches (one XLA computation per batch, the model's ``batched``
 function), as many at once as fit in :data:`MEMORY_BUDGET`; the last batch is padded with copies
@@ -37,9 +39,11 @@ class Evaluator:
     """Evaluates parameters on ``tasks`` fixed tasks of one split after ``steps`` adaptation steps."""
 
     def __init__(self, model: Model, sampler: Sampler, split: str, tasks: int, eval_seed: int,
-                 alpha: float, steps: int, batch: int | None = None):
-        """``batch``: tasks per compiled call (default: as many as fit in the memory budget)."""
-        self.sampler, self.stream, self.count, self.seed = sampler, STREAMS[split], tasks, eval_seed
+                 alpha: float, steps: int, batch: int | None = None, stream: int | None = None):
+        """``batch``: tasks per compiled call (default: as many as fit in the memory budget);
+        ``stream``: the RNG stream of the tasks (default: the split's)."""
+        self.sampler, self.count, self.seed = sampler, tasks, eval_seed
+        self.stream = STREAMS[split] if stream is None else stream
         self.fn = maml.make_batch_evaluator(model, alpha, steps)
         self.model, self.batch = model, batch
 
@@ -50,10 +54,12 @@ class Evaluator:
         size = MEMORY_BUDGET // max(1, 4 * self.model.activations * examples)
         return int(min(max(size, 1), self.count))
 
-    def __call__(self, params: dict[str, np.ndarray]) -> Score:
+    def __call__(self, params: dict[str, np.ndarray], *indices: int) -> Score:
+        """Adapt ``params`` to each task and score it; ``indices`` select other tasks
+        (``task_rng(eval_seed, stream, *indices)``)."""
         # Tasks are drawn again on each call (same generator, same tasks): 600 miniImageNet tasks
         # would take gigabytes to keep.
-        rng = task_rng(self.seed, self.stream)
+        rng = task_rng(self.seed, self.stream, *indices)
         losses, metrics = [], []
         while len(losses) < self.count:
             first = self.sampler.sample(rng)

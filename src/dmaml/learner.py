@@ -7,13 +7,15 @@ plain MAML. The central model's step count grows by ``m`` per run.
 
 Run folder (``out``): ``config.yaml`` (resolved settings), ``run.json`` (code version, status),
 ``metrics.csv`` (a row per validation), ``test.csv`` (a row per table checkpoint),
-``checkpoints/latest.npz`` (everything needed to resume; ``previous.npz``, the one before it, in
-case it is damaged), ``checkpoints/stepNNNNNN.npz`` (theta at each table checkpoint) and
-``tensorboard/`` (the same curves for ``tensorboard --logdir``) and ``run.lock`` (the one writer's
-host, pid and start time: :mod:`dmaml.run_lock`). A run started again on a folder
-holding a checkpoint resumes from it and ends with exactly the numbers of an uninterrupted run;
-a finished run whose test settings changed is re-tested from its kept checkpoints, so that
-``test.csv`` always agrees with ``config.yaml``.
+``worker_scores.csv`` (weighted and drop_worst merges: each worker's probe score and weight at
+every run, :mod:`dmaml.merge`), ``checkpoints/latest.npz`` (everything needed to resume;
+``previous.npz``, the one before it, in case it is damaged), ``checkpoints/stepNNNNNN.npz``
+(theta at each table checkpoint), ``tensorboard/`` (the same curves for ``tensorboard
+--logdir``) and ``run.lock`` (the one writer's host, pid and start time:
+:mod:`dmaml.run_lock`). A run started again on a folder holding a checkpoint resumes from it
+and ends with exactly the numbers of an uninterrupted run; a finished run whose test settings
+changed is re-tested from its kept checkpoints, so that ``test.csv`` always agrees with
+``config.yaml``.
 
 Progress reaches the log (stderr) at once, at every validation and at least every
 :data:`PROGRESS_EVERY` seconds, with an estimate of the time left that leaves out compilation
@@ -35,12 +37,12 @@ import numpy as np
 import yaml
 
 from dmaml import checkpoint, merge, models, optimizer, provenance, run_lock
-from dmaml.config import ENGINE_CHOICES, RunConfig, dump, workers_at
+from dmaml.config import ENGINE_CHOICES, RunConfig, dump, inert, workers_at
 from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dmaml.evaluate import Evaluator
 from dmaml.status import duration
-from dmaml.tasks import INIT, make_sampler, task_rng
+from dmaml.tasks import INIT, PROBE, make_sampler, task_rng
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,10 @@ class CsvLog:
         self.write([] if resume_step is None else
                    [r for r in self.rows() if int(r["step"]) <= resume_step])
 
-    def append(self, row: dict) -> None:
+    def append(self, *rows: dict) -> None:
+        """Add rows at the end (in one write)."""
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns).writerow(row)
+            csv.DictWriter(f, self.columns).writerows(rows)
 
 
 class Learner:
@@ -98,13 +101,16 @@ class Learner:
         self.metrics = CsvLog(self.out / "metrics.csv",
                               ["step", "runs", "workers", "wall_s", "train_loss", *extra, "dropped"])
         self.tests = CsvLog(self.out / "test.csv", ["step", "metric", "mean", "ci95", "tasks"])
+        self.scores = (None if cfg.merge == "mean" else
+                       CsvLog(self.out / "worker_scores.csv", ["step", "worker", "score", "weight"]))
+        self.prober: Evaluator | None = None  # the merge's probe, opened by train()
         self.stop_signal: int | None = None
         self.summary = None  # TensorBoard writer, opened by train()
         # whether the first run (which compiles) is done, seconds and steps of the runs after
         # it, seconds per task of an evaluation after the first of its kind (which compiles),
         # the kinds evaluated so far, and when progress was last shown
         self.clock = {"compiled": False, "runs_s": 0.0, "steps": 0, "task_s": None,
-                      "evaluated": set(), "shown": 0.0}
+                      "evaluated": set(), "shown": 0.0, "probe_s": 0.0}
 
     # --- state -------------------------------------------------------------------------------
 
@@ -133,7 +139,8 @@ class Learner:
             raise CheckpointError(f"{path}: not a dmaml training checkpoint (no config); delete "
                                   "it to start over") from None
         now = self.cfg.to_dict()
-        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+        same = RESUMABLE_CHANGES | inert(self.cfg)
+        changed = sorted(k for k in now if k not in same and saved.get(k) != now[k])
         if changed:
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
             raise CheckpointError(f"{path}: checkpoint of a different config ({diff}); refusing to "
@@ -176,6 +183,8 @@ class Learner:
                 step_s = json.loads((self.out / "run.json").read_text()).get("step_s")
         if step_s is not None:
             info["step_s"] = step_s  # as progress shows it
+        if self.scores is not None:
+            info["probe_s"] = round(self.clock["probe_s"], 3)  # scoring workers, this session
         tmp = self.out / ".run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.out / "run.json")
@@ -201,6 +210,12 @@ class Learner:
         tester = (Evaluator(self.model, make_sampler(cfg, "test"), "test", cfg.test_tasks,
                             cfg.eval_seed, cfg.alpha, cfg.eval_inner_steps)
                   if cfg.test_tasks and cfg.checkpoint_steps else None)
+        # the merge's probe (dmaml.merge): training tasks of a stream of their own, adapted as
+        # at validation; none for the mean merge, whose numbers stay the paper algorithm's
+        self.prober = (None if self.scores is None else
+                       Evaluator(self.model, make_sampler(cfg, "train"), "train",
+                                 cfg.merge_probe_tasks, cfg.seed, cfg.alpha,
+                                 cfg.eval_inner_steps, stream=PROBE))
         with run_lock.hold(self.out):  # one writer per folder, from its first change to the end
             return self._train(validator, tester)
 
@@ -271,8 +286,9 @@ class Learner:
             import tensorflow as tf
 
             self.summary = tf.summary.create_file_writer(str(self.out / "tensorboard"))
-        self.metrics.start(resume)
-        self.tests.start(resume)
+        for table in (self.metrics, self.tests, self.scores):
+            if table is not None:
+                table.start(resume)
         if resume:
             self._retest(resume, tester)
         dump(cfg, self.out / "config.yaml")  # after test.csv agrees with it
@@ -340,8 +356,11 @@ class Learner:
         results = self.engine.run(s["theta"], {w: s["states"][w] for w in range(n)}, s["step"])
         s["step"] += cfg.steps_per_run
         kept = self._finite(results, s)
-        w = merge.weights(cfg.merge, [r.loss for r in kept.values()], cfg.merge_temperature,
-                          cfg.merge_drop)
+        scores = self._probe(kept, s["step"] - cfg.steps_per_run)
+        w = merge.weights(cfg.merge, scores, cfg.merge_temperature, cfg.merge_drop)
+        if self.scores is not None:
+            self.scores.append(*({"step": s["step"], "worker": i, "score": score, "weight": wi}
+                                 for i, score, wi in zip(kept, scores, w)))
         s["theta"] = merge.merge([r.params for r in kept.values()], w)
         for i, r in kept.items():
             s["states"][i] = r.opt_state
@@ -362,6 +381,16 @@ class Learner:
                 self.tests.append(self._test(step, s["theta"], tester))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             self._save_latest(s)
+
+    def _probe(self, kept: dict[int, WorkerResult], start: int) -> list[float]:
+        """Each kept worker's probe score (:mod:`dmaml.merge`): the mean query loss of its
+        returned parameters adapted to the run's probe tasks; zeros for the mean merge."""
+        if self.prober is None:
+            return [0.0] * len(kept)
+        began = time.perf_counter()
+        scores = [self.prober(r.params, start).loss for r in kept.values()]
+        self.clock["probe_s"] += time.perf_counter() - began
+        return scores
 
     # --- progress ----------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ from dmaml.data.store import DatasetError, read_split
 
 Task = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-TRAIN, VAL, TEST, INIT = 0, 1, 2, 3  # RNG streams (INIT: parameter initialisation)
+# RNG streams (INIT: parameter initialisation; PROBE: the training-class tasks on which the
+# weighted and drop_worst merges score the workers, see dmaml.merge)
+TRAIN, VAL, TEST, INIT, PROBE = 0, 1, 2, 3, 4
 STREAMS = {"train": TRAIN, "val": VAL, "test": TEST}
 
 
