@@ -35,11 +35,13 @@ COLUMNS = ["merge", "setting", "seed", "final_val_acc", "best_val_acc", "diverge
            "score_sd", "effective_workers", "seconds", "probe_seconds"]
 
 
-def strategies(temperatures: list[float], drops: list[float]) -> list[tuple[str, dict]]:
-    """(merge, extra settings) of every line of the sweep, the paper's mean first."""
-    return ([("mean", {})]
-            + [("weighted", {"merge_temperature": t}) for t in temperatures]
-            + [("drop_worst", {"merge_drop": d}) for d in drops])
+def strategies(temperatures: list[float], drops: list[float],
+               merges: tuple[str, ...] = ("mean", "weighted", "drop_worst")) -> list[tuple[str, dict]]:
+    """(merge, extra settings) of every line of the sweep, in the order of ``merges``."""
+    lines = {"mean": [("mean", {})],
+             "weighted": [("weighted", {"merge_temperature": t}) for t in temperatures],
+             "drop_worst": [("drop_worst", {"merge_drop": d}) for d in drops]}
+    return [line for merge in merges for line in lines[merge]]
 
 
 def train_one(args: argparse.Namespace, merge: str, extra: dict, seed: int, out: Path) -> dict:
@@ -121,6 +123,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 2.0])
     p.add_argument("--drops", type=float, nargs="+", default=[0.25, 0.5])
+    p.add_argument("--merges", nargs="+", default=["mean", "weighted", "drop_worst"],
+                   choices=["mean", "weighted", "drop_worst"], help="strategies, in this order")
     p.add_argument("--out", type=Path, default=Path("merge_sweep.csv"))
     p.add_argument("--runs", type=Path, help="keep the run folders here (default: temporary)")
     args = p.parse_args()
@@ -130,7 +134,7 @@ def main() -> None:
         tmp = args.runs or tmp
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
-        for merge, extra in strategies(args.temperatures, args.drops):
+        for merge, extra in strategies(args.temperatures, args.drops, args.merges):
             for seed in args.seeds:
                 out = Path(tmp, f"{merge}-{len(rows)}")
                 rows.append(train_one(args, merge, extra, seed, out))

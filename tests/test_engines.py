@@ -39,9 +39,11 @@ from dmaml.engines import create
 from dmaml.engines.processes import ProcessesEngine, WorkerProcessError
 from dmaml.engines.sequential import SequentialEngine
 from dmaml.engines.vectorized import VectorizedEngine, task_parts
+from dmaml.learner import Learner
 from dmaml.tasks import INIT, TRAIN, make_sampler, sample_batch, task_rng
 
 from .conftest import make_h5
+from .test_learner import rows, theta_of
 
 WORKERS = 3
 
@@ -316,3 +318,27 @@ def test_create_knows_every_local_engine(data):
         engine = create(settings("sine", data, engine=name))
         assert isinstance(engine, kind)
         engine.close()
+
+
+@pytest.mark.parametrize("dataset,name", [("sine", "vectorized"), ("omniglot", "vectorized"),
+                                          ("omniglot", "processes")])
+def test_probe_scores_and_merge_are_the_same_on_every_engine(data, tmp_path, dataset, name):
+    """The weighted merge scores what the engine returns, in the learner: every engine gives the
+    sequential engine's probe scores, weights and merged parameters (to the tolerances above)."""
+    cfg = settings(dataset, data, merge="weighted", merge_probe_tasks=4, val_tasks=2,
+                   test_tasks=0, checkpoint_steps=[], tensorboard=False)
+    engine = ProcessesEngine(cfg, processes=2) if name == "processes" else VectorizedEngine(cfg)
+    runs = {}
+    for label, used in (("sequential", SequentialEngine(cfg)), (name, engine)):
+        Learner(cfg, tmp_path / label, engine=used).train()
+        runs[label] = (rows(tmp_path / label / "worker_scores.csv", drop=()),
+                       theta_of(tmp_path / label))
+    (ref_rows, ref_theta), (got_rows, got_theta) = runs["sequential"], runs[name]
+    assert len(ref_rows) == WORKERS * cfg.steps // cfg.steps_per_run
+    assert [(r["step"], r["worker"]) for r in got_rows] == [(r["step"], r["worker"])
+                                                            for r in ref_rows]
+    for column, rel in (("score", 1e-4), ("weight", 1e-3)):
+        np.testing.assert_allclose([float(r[column]) for r in got_rows],
+                                   [float(r[column]) for r in ref_rows], rtol=rel)
+    for k, p in ref_theta.items():  # within an Adam step of beta per MAML step (see above)
+        assert np.abs(got_theta[k] - p).max() <= 2 * cfg.beta * cfg.steps, k

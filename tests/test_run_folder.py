@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 import pytest
+import yaml
 
 from dmaml import checkpoint, config, learner, models
 from dmaml.errors import CheckpointError, DatasetError
@@ -182,3 +183,43 @@ def test_the_first_times_left_say_they_are_estimates(tmp_path, monkeypatch, capl
     assert "left (early estimate: from 3 timed steps, evaluation not timed yet)" in step[4]
     assert "early estimate: from 39 timed steps)" in step[40]  # the second validation timed
     assert "estimate" not in step[80].split(": step ")[1]
+
+
+def test_worker_scores_after_a_resume_are_those_of_a_whole_run(tmp_path):
+    """A weighted run resumed from its checkpoint (rows a killed run wrote past it are cut) has
+    the worker scores, weights, metrics and parameters of a run never interrupted."""
+    flags = {**FLAGS, "workers": 3, "merge": "weighted", "merge_probe_tasks": 4}
+    whole = tmp_path / "whole"
+    Learner(sine(**flags), whole).train()
+    run = tmp_path / "run"
+    Learner(sine(**{**flags, "steps": 30, "checkpoint_steps": [20]}), run).train()
+    with open(run / "worker_scores.csv", "a") as f:
+        f.write("40,0,9.9,1.0\n")  # as written by a run killed after its last checkpoint
+    Learner(sine(**flags), run).train()
+    scores = rows(run / "worker_scores.csv")
+    assert len(scores) == 3 * 60 and scores == rows(whole / "worker_scores.csv")
+    assert rows(run / "metrics.csv") == rows(whole / "metrics.csv")
+    for k, v in theta_of(whole).items():
+        np.testing.assert_array_equal(theta_of(run)[k], v)
+
+
+def test_a_mean_run_resumes_from_a_checkpoint_of_older_merge_settings(tmp_path):
+    """Settings the mean merge never reads (merge_drop was a count, merge_probe_tasks did not
+    exist) do not stop a mean run from resuming; for drop_worst they do."""
+    run = tmp_path / "run"
+    Learner(sine(steps=20), run).train()
+    path = run / "checkpoints" / "latest.npz"
+    arrays = dict(checkpoint.load(path))
+    older = yaml.safe_load(str(arrays["config"]))
+    older["merge_drop"] = 1
+    del older["merge_probe_tasks"]
+    arrays["config"] = np.asarray(yaml.safe_dump(older))
+    checkpoint.save(path, arrays)
+    Learner(sine(steps=40), run).train()
+    assert rows(run / "metrics.csv")[-1]["step"] == "40"
+    assert not (run / "worker_scores.csv").exists()
+    checkpoint.save(path, arrays)
+    (run / "checkpoints" / "previous.npz").unlink()  # else the resume falls back to it
+    with pytest.raises(CheckpointError, match=r"different config \(merge: 'mean' -> 'drop_worst', "
+                                              r"merge_drop: 1 -> 0.25, merge_probe_tasks"):
+        Learner(sine(steps=40, merge="drop_worst"), run).train()

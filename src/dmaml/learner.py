@@ -356,6 +356,8 @@ class Learner:
         results = self.engine.run(s["theta"], {w: s["states"][w] for w in range(n)}, s["step"])
         s["step"] += cfg.steps_per_run
         kept = self._finite(results, s)
+        if self.prober is not None:  # by worker (engines return them in their own order)
+            kept = dict(sorted(kept.items()))
         scores = self._probe(kept, s["step"] - cfg.steps_per_run)
         w = merge.weights(cfg.merge, scores, cfg.merge_temperature, cfg.merge_drop)
         if self.scores is not None:
