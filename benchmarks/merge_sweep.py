@@ -111,6 +111,26 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def strength(folders: list[Path], temperatures: list[float]) -> str:
+    """How strong each temperature would be on the probe scores the weighted and drop_worst runs
+    recorded (weights are a function of the scores alone): the effective number of workers and
+    the largest weight, averaged over runs."""
+    from dmaml import merge
+
+    runs = [run for folder in folders for run in scored_runs(folder / "worker_scores.csv")]
+    if not runs:
+        return ""
+    lines = [f"Strength on the {len(runs)} scored runs' probe scores (mean score sd within a run "
+             f"{mean_of(runs, lambda s, w: statistics.pstdev(s)):.3f}, range "
+             f"{mean_of(runs, lambda s, w: max(s) - min(s)):.3f}):\n",
+             "| weighted T | effective workers | largest weight |", "|---|---|---|"]
+    for t in temperatures:
+        ws = [merge.weights("weighted", s, t) for s, _ in runs]
+        lines.append(f"| {t:g} | {statistics.fmean(1 / float((w * w).sum()) for w in ws):.1f} | "
+                     f"{statistics.fmean(float(w.max()) for w in ws):.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("resources/omniglot.h5"))
@@ -144,6 +164,8 @@ def main() -> None:
           f"steps, seeds {args.seeds}, {args.val_tasks} validation tasks, {args.probe_tasks} probe "
           "tasks\n")
     print(summary(rows))
+    if args.runs:
+        print("\n" + strength(sorted(args.runs.iterdir()), [0.25, 0.5, 1.0, 2.0, 4.0]))
 
 
 if __name__ == "__main__":

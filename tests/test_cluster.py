@@ -204,3 +204,25 @@ def assert_like_sequential(cluster_run: Path, out: Path) -> None:
         # bounds of test_engines.assert_same)
         off = np.abs(thetas[0][k] - p)
         assert off.max() <= 2 * cfg.beta * cfg.steps and np.sum(off > 1e-5) <= max(2, 0.01 * off.size)
+
+
+def test_cluster_merges_by_the_sequential_probe_scores(ray_instance, data, tmp_path):
+    """weighted through the cluster engine: the sequential engine's worker scores, weights and
+    merged parameters (the probe runs in the learner, on what the actors return)."""
+    from .test_learner import rows, theta_of
+
+    cfg = settings("omniglot", data, merge="weighted", merge_probe_tasks=4, steps=2, eval_every=2,
+                   val_tasks=2, test_tasks=0, checkpoint_steps=[], tensorboard=False)
+    for label, engine in (("sequential", SequentialEngine(cfg)),
+                          ("cluster", ClusterEngine(cfg, actors=2))):
+        Learner(cfg, tmp_path / label, engine=engine).train()
+    ref, got = (rows(tmp_path / label / "worker_scores.csv", drop=())
+                for label in ("sequential", "cluster"))
+    assert [(r["step"], r["worker"]) for r in got] == [(r["step"], r["worker"]) for r in ref]
+    # one run: later runs start from parameters that differ by the kinks above, which near-zero
+    # losses magnify; a weight moves by a score's difference over the scores' spread
+    for column, rel in (("score", 1e-4), ("weight", 1e-2)):
+        np.testing.assert_allclose([float(r[column]) for r in got],
+                                   [float(r[column]) for r in ref], rtol=rel)
+    for k, p in theta_of(tmp_path / "sequential").items():
+        assert np.abs(theta_of(tmp_path / "cluster")[k] - p).max() <= 2 * cfg.beta * cfg.steps, k

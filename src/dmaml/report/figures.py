@@ -295,9 +295,10 @@ def split_figure(run_dirs, out: Path) -> None:
 
 
 STRATEGIES = ("mean: the plain average of the workers' parameters (the paper's merge); weighted "
-              "T: weights softmax(-loss / T) of each worker's query loss over the run; drop_worst "
-              "d: the d workers of highest loss left out; 'n=k from step s': a worker schedule, "
-              "k workers from MAML step s on")
+              "T: weights softmax(-(s - min s) / (T std s)) of each worker's probe score s (the "
+              "query loss of its returned parameters adapted to training tasks shared by all "
+              "workers); drop_worst d: the fraction d of the workers of worst probe score left "
+              "out; 'n=k from step s': a worker schedule, k workers from MAML step s on")
 
 
 def merge_figure(run_dirs, out: Path) -> None:
