@@ -27,7 +27,7 @@ SHORT = {"workers": "n", "shots": "k", "ways": "N", "steps_per_run": "m", "tasks
 TIMING = ["engine", "cpu", "cores", "threads", "step_s", "seconds_per_step", "wall_s"]
 
 def strategy(cfg: dict) -> str:
-    """A run's merge strategy as text: ``mean``, ``weighted T=0.3``, ``drop_worst 2``, followed
+    """A run's merge strategy as text: ``mean``, ``weighted T=0.3``, ``drop_worst 0.25``, followed
     by its worker schedule, if any (``mean; n=4 from step 1000``)."""
     merge = cfg.get("merge", "mean")
     text = {"weighted": f"weighted T={cfg.get('merge_temperature')}",
