@@ -279,7 +279,8 @@ def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path)
     assert ("This figure cannot answer its question: 40 MAML steps, while the paper's divergence "
             "begins after 1,500 (its Section 4.3); n = 2, while the paper's Table 2 diverges at "
             "n >= 8 only.") in caption
-    assert "softmax(-loss / T)" in caption and "seeds 0, 1" in caption and "[" not in caption
+    assert "softmax(-(s - min s) / (T std s))" in caption and "seeds 0, 1" in caption \
+        and "[" not in caption
 
 
 def test_figure7_legend_names_each_strategy(strategies):
