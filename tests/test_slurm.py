@@ -106,7 +106,7 @@ def grid(slurm_cluster, tmp_path_factory) -> dict:
     (root / "small.yaml").write_text(SMALL)
     config = ["table2", "--configfile", "presets/quick.yaml", str(root / "small.yaml"),
               "--config", f"omniglot={{source: {source}}}"]
-    # the profile, installed as the README says, under a private XDG_CONFIG_HOME
+    # the profile, installed as docs/slurm.md says, under a private XDG_CONFIG_HOME
     xdg = root / "xdg"
     shutil.copytree(ROOT / "profiles" / "slurm", xdg / "snakemake" / "slurm")
     env = dict(slurm_cluster.env, XDG_CONFIG_HOME=str(xdg))

@@ -1,5 +1,5 @@
-"""After a killed Snakemake: the README's recovery (--unlock, --rerun-incomplete, the orphan
-training left to finish) ends with the table of an uninterrupted run; a second job on the
+"""After a killed Snakemake: the recovery of docs/running.md (--unlock, --rerun-incomplete, the
+orphan training left to finish) ends with the table of an uninterrupted run; a second job on the
 orphan's folder fails with the holder's line; a failing table job keeps the previous table; the
 training jobs depend on one digest of the training code, and only a change to that code re-runs
 them."""
@@ -42,7 +42,7 @@ def wait_for(condition, what: str, timeout: float = TIMEOUT) -> None:
 @pytest.fixture(scope="module")
 def flows(tmp_path_factory):
     """An uninterrupted Table 2 and one whose Snakemake was killed mid-training, then
-    recovered as the README says; what each step returned."""
+    recovered as docs/running.md says; what each step returned."""
     root = tmp_path_factory.mktemp("recovery")
     whole = copy_workflow(root / "whole")
     done = snakemake(whole, "table2", *CONFIG, timeout=TIMEOUT)
@@ -52,7 +52,7 @@ def flows(tmp_path_factory):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     with open(root / "killed.log", "w") as log:
         # its own session, as a shell started in the background: a SIGKILL of Snakemake alone
-        # leaves its jobs running (the orphan of the README)
+        # leaves its jobs running (the orphan of docs/running.md)
         proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "table2",
                                  *CONFIG], cwd=flow, env=env, stdout=log, stderr=log,
                                 start_new_session=True)
