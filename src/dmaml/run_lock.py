@@ -126,7 +126,7 @@ def hold(folder: Path) -> Iterator[None]:
             raise CheckpointError(
                 f"{path}: the filesystem refuses a lock ({e.strerror or e}), so two writers of "
                 "this folder could not be kept apart; use a folder on a local disk or on NFS "
-                "with locking (see the README, 'Following a run')") from None
+                "with locking (docs/running.md, 'One writer per run folder: the lock')") from None
         before = holder(folder)
         if _fresh_elsewhere(folder, before):
             raise RunLocked(

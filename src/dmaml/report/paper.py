@@ -66,7 +66,7 @@ def load_paper(path: str | Path) -> pd.DataFrame:
     return paper[COLUMNS]
 
 
-# The verdict rule, in one sentence: tables, reproduction.md, README and docs/reproduction.md
+# The verdict rule, in one sentence: tables, reproduction.md and docs/reproduction.md
 RULE = ("A cell is `=` when the paper's value, widened by its rounding (±0.005: it prints 2 "
         "decimals), lies within the 95% interval of the difference from at least one of our seeds "
         "(or between our seeds), and `better` or `worse` only when every one of our seeds is "
