@@ -59,3 +59,15 @@ def test_a_damaged_run_csv_is_one_line_and_the_old_table_stays(run, tmp_path, ca
     assert re.search(message, errors[0]), errors[0]
     assert "delete the run folder" in errors[0] or "train it again" in errors[0]
     assert {p.name: p.read_bytes() for p in tmp_path.glob("table.*")} == before
+
+
+def test_a_diverged_runs_nan_loss_is_a_number_not_a_damaged_row(run, tmp_path):
+    """A run that diverged logs its loss as ``nan``; the reader keeps that row as a number."""
+    from dmaml.report import run_csv
+
+    copy = damaged(run, tmp_path, "metrics.csv",
+                   lambda lines: [lines[0], re.sub(r"^(\d+,\d+,\d+,[^,]+),[^,]+,", r"\1,nan,",
+                                                   lines[1]), *lines[2:]])
+    assert ",nan," in (copy / "metrics.csv").read_text()
+    frame = run_csv(copy / "metrics.csv")
+    assert frame["train_loss"].isna().iloc[0] and frame["step"].tolist() == [10, 20]

@@ -134,7 +134,9 @@ def run_csv(path: Path) -> pd.DataFrame:
     frame = frame.mask(frame == "")  # empty fields: no value
     numbers = frame.drop(columns=["metric"], errors="ignore")
     parsed = numbers.apply(pd.to_numeric, errors="coerce")
-    wrong = (numbers.notna() & parsed.isna()).any(axis=1) | parsed["step"].isna()
+    # a diverged run logs its loss as nan: a number, not a damaged row
+    nan = numbers.apply(lambda column: column.str.strip().str.lower().eq("nan"))
+    wrong = (numbers.notna() & parsed.isna() & ~nan).any(axis=1) | parsed["step"].isna()
     bad = sorted([i + 1 for i, r in enumerate(raw[1:], 1) if len(r) != len(raw[0])]
                  + list(frame.index[wrong]))
     if bad:
