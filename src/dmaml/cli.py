@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from dmaml import __version__, run_lock
+from dmaml import __version__, atomic, run_lock
 from dmaml.bench import add_command as add_bench_command
 from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
@@ -246,9 +246,7 @@ def _extrapolate(out: Path, cfg, model, theta, shots: int, run: Path) -> None:
 def _write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic.write_text(path, text)
 
 
 TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("K", "shots_table")}

@@ -19,12 +19,12 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from dmaml import atomic
 from dmaml.report import (
     IDENTITY,
     SETTINGS,
@@ -308,6 +308,4 @@ def write(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame, out:
     for path, text in ((out, csv.to_csv(index=False)),
                        (out.with_suffix(".md"), markdown(table, column, title, runs)),
                        (out.with_suffix(".html"), html_page(table, column, title, runs))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
