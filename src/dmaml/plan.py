@@ -37,7 +37,6 @@ import dataclasses
 import heapq
 import json
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -45,9 +44,10 @@ from pathlib import Path
 
 import yaml
 
-from dmaml import grid
+from dmaml import grid, provenance
 from dmaml.config import RunConfig, resolve
 from dmaml.errors import ConfigError
+from dmaml.status import duration
 
 log = logging.getLogger("dmaml")
 
@@ -141,10 +141,10 @@ def workload(run: Run) -> dict:
 
 
 def machine() -> str:
-    """This machine, as measurements are keyed: processor and cores."""
-    from dmaml.engines.processes import cores
-
-    return f"{platform.processor() or platform.machine()}, {cores()} cores"
+    """This machine, as measurements are keyed: processor and cores
+    (:func:`dmaml.provenance.processor`)."""
+    here = provenance.processor()
+    return f"{here['cpu']}, {here['cores']} cores"
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def measure_one(spec: dict) -> dict:
     evaluator = Evaluator(model, make_sampler(cfg, "val"), "val", EVAL_TASKS, cfg.eval_seed,
                           cfg.alpha, cfg.eval_inner_steps)
     theta = model.init(task_rng(cfg.seed, INIT))
-    first, again = (bench._timed(lambda: evaluator(theta)) for _ in range(2))
+    first, again = (bench.timed(lambda: evaluator(theta)) for _ in range(2))
     return dict(workload=key, step_s=record["median_s"],
                 compile_s=max(record["first_run_s"] - record["median_s"], 0.0),
                 task_s=again / EVAL_TASKS, eval_compile_s=max(first - again, 0.0))
@@ -434,15 +434,6 @@ def plan(config: dict, targets: list[str], cores: int, costs: dict[str, dict]) -
                     sum(s * t for _, (s, t) in distinct),
                     wall_seconds([job for _, job in distinct], cores)))
     return rows
-
-
-def duration(seconds: float) -> str:
-    """``1 h 05 min``, ``3 min 20 s`` or ``12 s``."""
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-    if seconds >= 60:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{seconds:.0f} s"
 
 
 def table(rows: list[Row], cores: int) -> str:
