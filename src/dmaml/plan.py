@@ -219,7 +219,7 @@ def shipped_bench(folder: Path) -> tuple[str, list[dict]]:
     """The ``dmaml bench`` records shipped in ``folder/benchmarks`` of the machine nearest this
     one in cores (a benchmark's files share its date and cores: ``bench-DATE-Ncores*.jsonl``),
     and their names as a glob; ``("", [])`` where none is shipped."""
-    from dmaml.engines.processes import cores
+    from dmaml.engines import cores
 
     groups: dict[str, list[Path]] = {}
     for path in sorted(Path(folder, "benchmarks").glob("bench-*cores*.jsonl")):
@@ -486,7 +486,7 @@ def sources(costs: list[dict], here: str) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the plan of the configuration and targets."""
-    from dmaml.engines.processes import cores as available
+    from dmaml.engines import cores as available
 
     cores = available() if args.cores is None else args.cores
     if cores < 1:

@@ -3,12 +3,12 @@ recorded in every run folder."""
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from pathlib import Path
 
 import dmaml
+from dmaml.engines import cores
 
 
 def git_commit() -> str:
@@ -44,8 +44,7 @@ def processor() -> dict[str, str | int]:
                         if line.startswith("model name")), cpu)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores}
+    return {"cpu": cpu, "cores": cores()}
 
 
 def machine() -> dict[str, str | int]:
