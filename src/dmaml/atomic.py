@@ -18,8 +18,9 @@ from pathlib import Path
 def replacing(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it is renamed onto
     ``path``, when it raises it is removed. ``suffix`` ends the temporary name (for writers that
-    choose a format by extension, e.g. ``.png``). The folder must exist."""
+    choose a format by extension, e.g. ``.png``). The folder is made if need be."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
         yield tmp

@@ -22,7 +22,6 @@ from dmaml.errors import CheckpointError
 def save(path: Path, arrays: dict[str, np.ndarray], previous: Path | None = None) -> None:
     """Write ``arrays`` to ``path`` atomically; with ``previous``, the file it replaces is kept
     under that name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic.replacing(path) as tmp:
             with open(tmp, "wb") as f:

@@ -124,7 +124,6 @@ def fetch(url: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
     error, a missing file or a response shorter than its announced length.
     """
     dest, name = Path(dest), url.rsplit("/", 1)[-1]
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with (atomic.replacing(dest) as tmp,
               urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out):

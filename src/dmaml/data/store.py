@@ -33,8 +33,6 @@ SPLITS = ("train", "val", "test")
 @contextlib.contextmanager
 def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     """Open ``path`` for writing under a temporary name; rename it into place on success only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["layout_version"] = LAYOUT_VERSION
         yield f

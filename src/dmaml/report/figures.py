@@ -115,7 +115,6 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
 def save(fig, out: Path, caption: str) -> None:
     """Write ``out`` as .png and .pdf plus the caption as .txt, each atomically."""
     out = Path(out).with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".png", ".pdf"):
         with atomic.replacing(out.with_suffix(suffix), suffix) as tmp:
             fig.savefig(tmp, bbox_inches="tight")

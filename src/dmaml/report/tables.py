@@ -302,7 +302,6 @@ def write(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame, out:
         raise ReportError(f"{out}: the table title must be text, got a {type(title).__name__} "
                           f"({title!r}); give it as a string")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     scores = [scores_text(m, c) for m, c in zip(table["mean"], table["ci95"])]
     csv = seed_columns(table.assign(mean=[m for m, _ in scores], ci95=[c for _, c in scores]))
     for path, text in ((out, csv.to_csv(index=False)),
