@@ -86,7 +86,7 @@ def dmaml_engine(name: str, run: bool):
         first = time.perf_counter() - start
         calls = [bench.step_alone(engine, theta, states, s) for s in range(len(tasks))]
         calls[0]()  # a new input shape may compile once more
-        seconds = [bench._timed(c) for c in calls[1:]]
+        seconds = [bench.timed(c) for c in calls[1:]]
         engine.close()
         return statistics.median(seconds), first, loss
     return measure

@@ -55,7 +55,7 @@ def test_cost_arithmetic_of_the_quick_preset():
     assert total.core_s == pytest.approx(2 * (50 * 1 + 50 * 2 + 70 * 2))
     # 2 cores: the n = 4 runs one after the other, then n = 2, then both n = 1 side by side
     assert total.wall_s == pytest.approx(70 + 70 + 50 + 50 + 50)
-    assert "| total | 6 | 1200 | 22400 | 0.16 | 4 min 50 s |" in plan.table(rows, 2)
+    assert "| total | 6 | 1200 | 22400 | 0.16 | 4m50s |" in plan.table(rows, 2)
 
 
 def test_wall_time_packs_jobs_onto_the_cores():

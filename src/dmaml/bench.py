@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,13 +145,14 @@ def matmul_peak(sizes: tuple[int, ...] = PEAK_SIZES, repeats: int = 10) -> dict:
     for size in sizes:
         a, b = tf.random.normal((size, size)), tf.random.normal((size, size))
         float(f(a, b))
-        seconds = min(_timed(lambda a=a, b=b: float(f(a, b))) for _ in range(repeats))
+        seconds = min(timed(lambda a=a, b=b: float(f(a, b))) for _ in range(repeats))
         best[size] = 2 * size**3 / seconds / 1e9
     return {"kind": "matmul_peak", "gflops": max(best.values()),
             "by_size": {str(k): round(v, 1) for k, v in best.items()}}
 
 
-def _timed(fn) -> float:
+def timed(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn`` (its result is dropped)."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -248,7 +250,7 @@ def measure(spec: dict) -> dict:
         alone = step_alone(engine, theta, states, step)
         if alone:
             alone()  # a new input shape may compile once more
-            record["step_seconds"] = [_timed(alone) for _ in range(min(spec["steps"], 5))]
+            record["step_seconds"] = [timed(alone) for _ in range(min(spec["steps"], 5))]
     finally:
         engine.close()
     median = statistics.median(seconds)

@@ -15,24 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
+from dmaml import atomic
 from dmaml.errors import CheckpointError
 
 
 def save(path: Path, arrays: dict[str, np.ndarray], previous: Path | None = None) -> None:
     """Write ``arrays`` to ``path`` atomically; with ``previous``, the file it replaces is kept
     under that name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            if previous is not None and path.exists():
+                os.replace(path, previous)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e}); free disk "
                               "space or choose another --out folder, then rerun to resume") from None
 

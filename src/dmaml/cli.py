@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from dmaml import __version__, run_lock
+from dmaml import __version__, atomic, run_lock
 from dmaml.bench import add_command as add_bench_command
 from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
@@ -172,6 +172,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="train one DMAML run into a run folder (resumes if it holds a checkpoint)",
+        description="Train one DMAML run. Settings come from --config, then flags; unset ones take "
+                    "the paper's Table 6 value for the dataset. Writes config.yaml, run.json, "
+                    "metrics.csv, test.csv and checkpoints/ into --out; started again on the "
+                    "same --out, it resumes from the last checkpoint."
+                    + _spelling("--steps-per-run", "--steps_per_run"))
+    train.add_argument("--config", type=Path, help="run config YAML (keys as the flags below)")
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    _add_flag(train, "--diverged-ok", action="store_true",
+              help="exit 0 when the run diverges (run.json says so and the tables mark "
+                   "it), so that a workflow goes on to report the other runs")
+    add_run_flags(train)
+    train.set_defaults(func=cmd_train)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
     config_file, path = _run_config_file(run), _checkpoint_file(run, args.step)  # before TF loads
@@ -198,8 +215,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "metric": "accuracy" if model.classification else "mse", **dataclasses.asdict(score)}
     print(json.dumps(result))
     if args.out:
-        _write_text(args.out, json.dumps(result, indent=2) + "\n")
+        atomic.write_text(args.out, json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("evaluate", help="evaluate a saved checkpoint on fixed test tasks",
+                        description="Adapt a run's saved parameters on fixed test tasks and print "
+                                    "mean and 95% interval as one JSON line."
+                                    + _spelling("--test-tasks", "--test_tasks"))
+    ev.add_argument("--run", required=True, help="run folder written by `dmaml train`")
+    ev.add_argument("--step", type=int, help="checkpoint step (default: the latest state)")
+    _add_flag(ev, "--test_tasks", type=int, help="number of tasks (default: the run's)")
+    ev.add_argument("--shots", type=int, help="support examples (sine: points), e.g. Table 1's K")
+    _add_flag(ev, "--eval_inner_steps", type=int, help="adaptation steps (default: the run's)")
+    ev.add_argument("--split", default="test", choices=["val", "test"])
+    ev.add_argument("--out", type=Path, help="also write the result to this JSON file")
+    ev.add_argument("--extrapolate", type=Path, metavar="CSV",
+                    help="sine: instead of testing, write Figure 2's predictions (adapted on x in "
+                         "[-5, 0]) to CSV")
+    ev.set_defaults(func=cmd_evaluate)
 
 
 def _run_config_file(run: Path) -> Path:
@@ -240,15 +275,7 @@ def _extrapolate(out: Path, cfg, model, theta, shots: int, run: Path) -> None:
                        pd.DataFrame({k: curve[k] for k in ("support_x", "support_y")})], axis=1)
     frame = frame.assign(run=str(run), workers=cfg.workers, seed=cfg.seed,
                          inner_steps=cfg.eval_inner_steps)
-    _write_text(out, frame.to_csv(index=False))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic.write_text(out, frame.to_csv(index=False))
 
 
 TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("K", "shots_table")}
@@ -274,6 +301,23 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_table_command(sub: argparse._SubParsersAction) -> None:
+    table = sub.add_parser("table", help="make one of the paper's tables from run folders",
+                           description="checkpoints: Tables 2-5 from run folders (test.csv at each "
+                                       "checkpoint step); shots: Table 1 from `dmaml evaluate "
+                                       "--out` files. Writes OUT (CSV) and its Markdown and HTML twins.")
+    table.add_argument("kind", choices=sorted(TABLES))
+    table.add_argument("inputs", nargs="+", help="run folders (checkpoints) or JSON files (shots)")
+    table.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    table.add_argument("--title", default="DMAML test results", help="title of the Markdown table")
+    table.add_argument("--paper", type=Path, metavar="CSV",
+                       help="the paper's values (workflow/paper/tables.csv): show each cell beside "
+                            "the paper's, with the difference and a verdict")
+    _add_flag(table, "--paper-table", metavar="NAME",
+              help="the paper's table to compare with (table1 ... table5); needs --paper")
+    table.set_defaults(func=cmd_table)
+
+
 def cmd_figure(args: argparse.Namespace) -> int:
     from dmaml.report import figures
 
@@ -281,6 +325,24 @@ def cmd_figure(args: argparse.Namespace) -> int:
     getattr(figures, FIGURES[args.kind])(args.inputs, args.out, **extra)
     log.info("wrote %s.{png,pdf,txt}", args.out.with_suffix(""))
     return 0
+
+
+def _add_figure_command(sub: argparse._SubParsersAction) -> None:
+    figure = sub.add_parser("figure", help="make one of the paper's figures from run folders",
+                            description="workers: Figure 3; steps_per_run: Figure 4; tasks: "
+                                        "Figure 5; split: Figure 6; workers_wall, tasks_wall: "
+                                        "Figures 3 and 5 against measured seconds, with a table "
+                                        "of seconds per step (.csv, .md); merge: Figure 7, "
+                                        "validation by merge strategy (inputs: run folders); "
+                                        "extrapolation: Figure 2 (inputs: `dmaml evaluate "
+                                        "--extrapolate` CSVs). Writes OUT as .png, .pdf and .txt."
+                                        + _spelling("--max-step", "--max_step"))
+    figure.add_argument("kind", choices=sorted(FIGURES))
+    figure.add_argument("inputs", nargs="+", help="run folders or prediction CSVs")
+    figure.add_argument("--out", type=Path, required=True, help="output path (suffix ignored)")
+    _add_flag(figure, "--max_step", type=int, default=0,
+              help="workers: last MAML step shown (0: 1000, as in the paper)")
+    figure.set_defaults(func=cmd_figure)
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -306,73 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dmaml {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
-
-    train = sub.add_parser(
-        "train", help="train one DMAML run into a run folder (resumes if it holds a checkpoint)",
-        description="Train one DMAML run. Settings come from --config, then flags; unset ones take "
-                    "the paper's Table 6 value for the dataset. Writes config.yaml, run.json, "
-                    "metrics.csv, test.csv and checkpoints/ into --out; started again on the "
-                    "same --out, it resumes from the last checkpoint."
-                    + _spelling("--steps-per-run", "--steps_per_run"))
-    train.add_argument("--config", type=Path, help="run config YAML (keys as the flags below)")
-    train.add_argument("--out", type=Path, required=True, help="run folder")
-    _add_flag(train, "--diverged-ok", action="store_true",
-              help="exit 0 when the run diverges (run.json says so and the tables mark "
-                   "it), so that a workflow goes on to report the other runs")
-    add_run_flags(train)
-    train.set_defaults(func=cmd_train)
-
-    ev = sub.add_parser("evaluate", help="evaluate a saved checkpoint on fixed test tasks",
-                        description="Adapt a run's saved parameters on fixed test tasks and print "
-                                    "mean and 95% interval as one JSON line."
-                                    + _spelling("--test-tasks", "--test_tasks"))
-    ev.add_argument("--run", required=True, help="run folder written by `dmaml train`")
-    ev.add_argument("--step", type=int, help="checkpoint step (default: the latest state)")
-    _add_flag(ev, "--test_tasks", type=int, help="number of tasks (default: the run's)")
-    ev.add_argument("--shots", type=int, help="support examples (sine: points), e.g. Table 1's K")
-    _add_flag(ev, "--eval_inner_steps", type=int, help="adaptation steps (default: the run's)")
-    ev.add_argument("--split", default="test", choices=["val", "test"])
-    ev.add_argument("--out", type=Path, help="also write the result to this JSON file")
-    ev.add_argument("--extrapolate", type=Path, metavar="CSV",
-                    help="sine: instead of testing, write Figure 2's predictions (adapted on x in "
-                         "[-5, 0]) to CSV")
-    ev.set_defaults(func=cmd_evaluate)
-
-    table = sub.add_parser("table", help="make one of the paper's tables from run folders",
-                           description="checkpoints: Tables 2-5 from run folders (test.csv at each "
-                                       "checkpoint step); shots: Table 1 from `dmaml evaluate "
-                                       "--out` files. Writes OUT (CSV) and its Markdown and HTML twins.")
-    table.add_argument("kind", choices=sorted(TABLES))
-    table.add_argument("inputs", nargs="+", help="run folders (checkpoints) or JSON files (shots)")
-    table.add_argument("--out", type=Path, required=True, help="CSV file to write")
-    table.add_argument("--title", default="DMAML test results", help="title of the Markdown table")
-    table.add_argument("--paper", type=Path, metavar="CSV",
-                       help="the paper's values (workflow/paper/tables.csv): show each cell beside "
-                            "the paper's, with the difference and a verdict")
-    _add_flag(table, "--paper-table", metavar="NAME",
-              help="the paper's table to compare with (table1 ... table5); needs --paper")
-    table.set_defaults(func=cmd_table)
-
-    figure = sub.add_parser("figure", help="make one of the paper's figures from run folders",
-                            description="workers: Figure 3; steps_per_run: Figure 4; tasks: "
-                                        "Figure 5; split: Figure 6; workers_wall, tasks_wall: "
-                                        "Figures 3 and 5 against measured seconds, with a table "
-                                        "of seconds per step (.csv, .md); merge: Figure 7, "
-                                        "validation by merge strategy (inputs: run folders); "
-                                        "extrapolation: Figure 2 (inputs: `dmaml evaluate "
-                                        "--extrapolate` CSVs). Writes OUT as .png, .pdf and .txt."
-                                        + _spelling("--max-step", "--max_step"))
-    figure.add_argument("kind", choices=sorted(FIGURES))
-    figure.add_argument("inputs", nargs="+", help="run folders or prediction CSVs")
-    figure.add_argument("--out", type=Path, required=True, help="output path (suffix ignored)")
-    _add_flag(figure, "--max_step", type=int, default=0,
-              help="workers: last MAML step shown (0: 1000, as in the paper)")
-    figure.set_defaults(func=cmd_figure)
-
-    add_data_commands(sub)
-    add_bench_command(sub)
-    add_plan_command(sub)
-    add_status_command(sub)
+    for add in (_add_train_command, _add_evaluate_command, _add_table_command, _add_figure_command,
+                add_data_commands, add_bench_command, add_plan_command, add_status_command):
+        add(sub)  # in the order --help lists them
     return parser
 
 

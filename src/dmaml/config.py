@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from dmaml import atomic
 from dmaml.errors import ConfigError
 
 DATASETS = ("sine", "omniglot", "miniimagenet")
@@ -193,9 +194,7 @@ def workers_at(cfg: RunConfig, step: int) -> int:
 
 def dump(cfg: RunConfig, path: Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    atomic.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def describe(cfg: RunConfig) -> str:

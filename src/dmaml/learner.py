@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dmaml import checkpoint, merge, models, optimizer, provenance, run_lock
+from dmaml import atomic, checkpoint, merge, models, optimizer, provenance, run_lock
 from dmaml.config import ENGINE_CHOICES, RunConfig, dump, inert, workers_at
 from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
@@ -69,12 +69,10 @@ class CsvLog:
 
     def write(self, rows: list[dict]) -> None:
         """Replace the file's rows (atomically)."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic.replacing(self.path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(self.path)
 
     def start(self, resume_step: int | None) -> None:
         """Keep the rows up to ``resume_step`` (none for a fresh run)."""
@@ -185,9 +183,7 @@ class Learner:
             info["step_s"] = step_s  # as progress shows it
         if self.scores is not None:
             info["probe_s"] = round(self.clock["probe_s"], 3)  # scoring workers, this session
-        tmp = self.out / ".run.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        tmp.replace(self.out / "run.json")
+        atomic.write_text(self.out / "run.json", json.dumps(info, indent=2) + "\n")
 
     # --- training ----------------------------------------------------------------------------
 

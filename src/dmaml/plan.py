@@ -37,7 +37,6 @@ import dataclasses
 import heapq
 import json
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -45,9 +44,10 @@ from pathlib import Path
 
 import yaml
 
-from dmaml import grid
+from dmaml import grid, provenance
 from dmaml.config import RunConfig, resolve
 from dmaml.errors import ConfigError
+from dmaml.status import duration
 
 log = logging.getLogger("dmaml")
 
@@ -141,10 +141,10 @@ def workload(run: Run) -> dict:
 
 
 def machine() -> str:
-    """This machine, as measurements are keyed: processor and cores."""
-    from dmaml.engines.processes import cores
-
-    return f"{platform.processor() or platform.machine()}, {cores()} cores"
+    """This machine, as measurements are keyed: processor and cores
+    (:func:`dmaml.provenance.processor`)."""
+    here = provenance.processor()
+    return f"{here['cpu']}, {here['cores']} cores"
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def measure_one(spec: dict) -> dict:
     evaluator = Evaluator(model, make_sampler(cfg, "val"), "val", EVAL_TASKS, cfg.eval_seed,
                           cfg.alpha, cfg.eval_inner_steps)
     theta = model.init(task_rng(cfg.seed, INIT))
-    first, again = (bench._timed(lambda: evaluator(theta)) for _ in range(2))
+    first, again = (bench.timed(lambda: evaluator(theta)) for _ in range(2))
     return dict(workload=key, step_s=record["median_s"],
                 compile_s=max(record["first_run_s"] - record["median_s"], 0.0),
                 task_s=again / EVAL_TASKS, eval_compile_s=max(first - again, 0.0))
@@ -219,7 +219,7 @@ def shipped_bench(folder: Path) -> tuple[str, list[dict]]:
     """The ``dmaml bench`` records shipped in ``folder/benchmarks`` of the machine nearest this
     one in cores (a benchmark's files share its date and cores: ``bench-DATE-Ncores*.jsonl``),
     and their names as a glob; ``("", [])`` where none is shipped."""
-    from dmaml.engines.processes import cores
+    from dmaml.engines import cores
 
     groups: dict[str, list[Path]] = {}
     for path in sorted(Path(folder, "benchmarks").glob("bench-*cores*.jsonl")):
@@ -436,15 +436,6 @@ def plan(config: dict, targets: list[str], cores: int, costs: dict[str, dict]) -
     return rows
 
 
-def duration(seconds: float) -> str:
-    """``1 h 05 min``, ``3 min 20 s`` or ``12 s``."""
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-    if seconds >= 60:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{seconds:.0f} s"
-
-
 def table(rows: list[Row], cores: int) -> str:
     """The plan as a Markdown table."""
     lines = [f"| target | runs | MAML steps | tasks | core-hours | wall on {cores} cores |",
@@ -495,7 +486,7 @@ def sources(costs: list[dict], here: str) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the plan of the configuration and targets."""
-    from dmaml.engines.processes import cores as available
+    from dmaml.engines import cores as available
 
     cores = available() if args.cores is None else args.cores
     if cores < 1:

@@ -3,12 +3,12 @@ recorded in every run folder."""
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from pathlib import Path
 
 import dmaml
+from dmaml.engines import cores
 
 
 def git_commit() -> str:
@@ -34,11 +34,9 @@ def versions() -> dict[str, str]:
             "host": platform.node()}
 
 
-def machine() -> dict[str, str | int]:
-    """The processor, the cores this process may use and TensorFlow's intra-op threads (0: its
-    own choice), so that a run's wall-clock times can be read."""
-    import tensorflow as tf
-
+def processor() -> dict[str, str | int]:
+    """The processor (its model name where ``/proc/cpuinfo`` gives one) and the cores this
+    process may use; without TensorFlow, so that ``dmaml plan`` can key its measurements by it."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -46,6 +44,12 @@ def machine() -> dict[str, str | int]:
                         if line.startswith("model name")), cpu)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores,
-            "threads": tf.config.threading.get_intra_op_parallelism_threads()}
+    return {"cpu": cpu, "cores": cores()}
+
+
+def machine() -> dict[str, str | int]:
+    """The processor, the cores this process may use and TensorFlow's intra-op threads (0: its
+    own choice), so that a run's wall-clock times can be read."""
+    import tensorflow as tf
+
+    return {**processor(), "threads": tf.config.threading.get_intra_op_parallelism_threads()}

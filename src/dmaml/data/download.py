@@ -25,6 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmaml import atomic
 from dmaml.data.store import DatasetError
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,9 @@ def fetch(url: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
     error, a missing file or a response shorter than its announced length.
     """
     dest, name = Path(dest), url.rsplit("/", 1)[-1]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+        with (atomic.replacing(dest) as tmp,
+              urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out):
             length = response.headers.get("Content-Length")
             total = int(length) if length else None
             done, last = 0, time.monotonic()
@@ -136,17 +136,14 @@ def fetch(url: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
                 if time.monotonic() - last >= 2.0:
                     last = time.monotonic()
                     log.info("%s: %s", name, _progress(done, total))
-        if total is not None and done != total:
-            raise DownloadError(f"{url}: received {done} of {total} bytes; the connection was cut, "
-                                "run the download again")
-        log.info("%s: %s, done", name, _progress(done, total))
-        os.replace(tmp, dest)
+            if total is not None and done != total:
+                raise DownloadError(f"{url}: received {done} of {total} bytes; the connection "
+                                    "was cut, run the download again")
+            log.info("%s: %s, done", name, _progress(done, total))
     except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
         raise DownloadError(f"{url}: cannot download ({getattr(e, 'reason', e)}); check the "
                             "address and the network, or point the source at a local folder "
                             "holding the file") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -192,12 +189,8 @@ def obtain(source: str | os.PathLike, archive: Archive, dest_dir: str | os.PathL
         return dest, verify(dest, archive, strict=strict)
     url = origin.resolve().as_uri() if isinstance(origin, Path) else origin
     log.info("%s: fetching %s", dest, url)
-    fetched = dest.with_name(f".{dest.name}.fetched{os.getpid()}")
-    try:
+    with atomic.replacing(dest) as fetched:
         fetch(url, fetched, timeout=timeout)
         check_zip(fetched, origin)
         digests = verify(fetched, archive, strict=strict, origin=origin)
-        os.replace(fetched, dest)
-    finally:
-        fetched.unlink(missing_ok=True)
     return dest, digests

@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from dmaml import atomic
 from dmaml.errors import DatasetError
 
 LAYOUT_VERSION = 1
@@ -32,16 +33,9 @@ SPLITS = ("train", "val", "test")
 @contextlib.contextmanager
 def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     """Open ``path`` for writing under a temporary name; rename it into place on success only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["layout_version"] = LAYOUT_VERSION
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["layout_version"] = LAYOUT_VERSION
+        yield f
 
 
 def write_split(f: h5py.File, split: str, images: np.ndarray, offsets: np.ndarray,

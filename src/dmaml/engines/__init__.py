@@ -10,6 +10,7 @@ numbers of :class:`~dmaml.engines.sequential.SequentialEngine` (to float toleran
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,10 +59,16 @@ def set_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def choose(cfg: RunConfig, cores: int | None = None) -> tuple[str, str]:
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity), which ``choose``, ``dmaml plan``,
+    the processes engine and the cluster engine size themselves by."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def choose(cfg: RunConfig, n_cores: int | None = None) -> tuple[str, str]:
     """The engine a run computes with, and why: ``cfg.engine`` when it names one ("set"); for
-    ``auto`` what measured fastest on ``cores`` cores (default ``cfg.threads``, else the cores
-    this process may use), benchmarks/README.md. conv4 workers at least as many as the cores: one
+    ``auto`` what measured fastest on ``n_cores`` cores (default ``cfg.threads``, else
+    :func:`cores`), benchmarks/README.md. conv4 workers at least as many as the cores: one
     process per core (``processes``, on an idle 2-core machine 1.3x ``vectorized`` at n = 4 and
     n = 16 on Omniglot 5-way 1-shot, 1.5x on 20-way; a process's second thread mostly waits);
     fewer workers than cores, or sine's small MLP (whose stacked computation beats processes up
@@ -69,15 +76,13 @@ def choose(cfg: RunConfig, cores: int | None = None) -> tuple[str, str]:
     ``sequential`` (the reference)."""
     if cfg.engine != "auto":
         return cfg.engine, "set"
-    if cores is None:
-        from dmaml.engines.processes import cores as available
-
-        cores = cfg.threads or available()
-    on = f"on {cores} core{'s' * (cores != 1)}"
+    if n_cores is None:
+        n_cores = cfg.threads or cores()
+    on = f"on {n_cores} core{'s' * (n_cores != 1)}"
     n = cfg.workers
     if cfg.dataset == "sine":
         return "vectorized", f"auto: sine's small MLP {on}: all workers in one stacked computation"
-    if n < cores or cores == 1:
+    if n < n_cores or n_cores == 1:
         return "vectorized", (f"auto: {n} conv4 worker{'s' * (n != 1)} {on}: one stacked "
                               "computation")
     return "processes", f"auto: {n} conv4 workers {on}: a process per core"

@@ -44,8 +44,7 @@ import time
 from pathlib import Path
 
 from dmaml.config import RunConfig
-from dmaml.engines import Engine, WorkerResult
-from dmaml.engines.processes import cores
+from dmaml.engines import Engine, WorkerResult, cores
 from dmaml.errors import ConfigError, UserError
 from dmaml.optimizer import AdamState
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from dmaml import models
 from dmaml.config import RunConfig
-from dmaml.engines import Engine, WorkerResult
+from dmaml.engines import Engine, WorkerResult, cores
 from dmaml.errors import UserError
 from dmaml.optimizer import AdamState
 from dmaml.tasks import INIT, task_rng
@@ -51,11 +51,6 @@ class WorkerProcessError(UserError, RuntimeError):
 
 class _Died(Exception):
     """A worker process died (it may be restarted)."""
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Slots:

@@ -13,7 +13,6 @@ as measured (``wall_s`` of ``metrics.csv``), and come with a table of the second
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
+from dmaml import atomic  # noqa: E402
 from dmaml.report import IDENTITY, SHORT, ReportError, describe, listing, load_runs, metrics  # noqa: E402
 from dmaml.report.tables import best_seeds, config_columns  # noqa: E402
 
@@ -112,22 +112,13 @@ def plot_curves(ax, runs: pd.DataFrame, keys: list[str], label: Callable[[tuple]
     return ylabel
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary name, so that a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save(fig, out: Path, caption: str) -> None:
     """Write ``out`` as .png and .pdf plus the caption as .txt, each atomically."""
     out = Path(out).with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".png", ".pdf"):
-        tmp = out.with_name(f".{out.name}.tmp{suffix}")
-        fig.savefig(tmp, bbox_inches="tight")
-        os.replace(tmp, out.with_suffix(suffix))
-    _write_text(out.with_suffix(".txt"), caption + "\n")
+        with atomic.replacing(out.with_suffix(suffix), suffix) as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+    atomic.write_text(out.with_suffix(".txt"), caption + "\n")
     plt.close(fig)
 
 
@@ -244,8 +235,9 @@ def _save_wall(fig, runs: pd.DataFrame, out: Path, figure: str, subject: str, wh
                             "at the mean over seeds of its seconds."))
     table = seconds_table(runs)
     out = Path(out).with_suffix("")
-    _write_text(out.with_suffix(".csv"), table.to_csv(index=False))
-    _write_text(out.with_suffix(".md"), seconds_markdown(table, f"Seconds per MAML step of {figure}'s runs"))
+    atomic.write_text(out.with_suffix(".csv"), table.to_csv(index=False))
+    atomic.write_text(out.with_suffix(".md"),
+                      seconds_markdown(table, f"Seconds per MAML step of {figure}'s runs"))
 
 
 def steps_per_run_figure(run_dirs, out: Path) -> None:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from dmaml import atomic
 from dmaml.config import DATASET_DEFAULTS
 from dmaml.errors import ReportError
 from dmaml.report import NONE, SHORT, UNKNOWN, VERDICTS, caveats, counts, listing, selection_note
@@ -385,10 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, args.out)
+    atomic.write_text(args.out, text)
     return 0
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from dmaml import atomic
 from dmaml.report import (
     IDENTITY,
     SETTINGS,
@@ -302,12 +302,9 @@ def write(table: pd.DataFrame, column: str, title: str, runs: pd.DataFrame, out:
         raise ReportError(f"{out}: the table title must be text, got a {type(title).__name__} "
                           f"({title!r}); give it as a string")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     scores = [scores_text(m, c) for m, c in zip(table["mean"], table["ci95"])]
     csv = seed_columns(table.assign(mean=[m for m, _ in scores], ci95=[c for _, c in scores]))
     for path, text in ((out, csv.to_csv(index=False)),
                        (out.with_suffix(".md"), markdown(table, column, title, runs)),
                        (out.with_suffix(".html"), html_page(table, column, title, runs))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
