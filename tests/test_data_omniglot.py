@@ -196,13 +196,16 @@ def test_interrupted_preprocessing_leaves_no_file_then_rerun(tmp_path):
     out = tmp_path / "omniglot.h5"
     command = [sys.executable, "-m", "dmaml.cli", "prepare-omniglot",
                "--source", str(OMNIGLOT_DATA), "--small", "1", "--out", str(out)]
-    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    log = tmp_path.parent / f"{tmp_path.name}-stderr.txt"  # outside the folder checked below
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, stderr=stderr)
     deadline = time.monotonic() + 180  # the start (imports) alone takes tens of s on a loaded machine
     while not [p for p in tmp_path.iterdir() if ".tmp" in p.name]:  # writing has begun
-        assert process.poll() is None and time.monotonic() < deadline
+        assert process.poll() is None, f"exit {process.returncode} before writing: {log.read_text()}"
+        assert time.monotonic() < deadline, f"no temporary file in 180 s: {log.read_text()}"
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGINT)
-    assert process.wait(timeout=180) != 0
+    assert process.wait(timeout=180) != 0, f"not interrupted: {log.read_text()[-2000:]}"
     assert no_output(tmp_path)
     assert subprocess.run(command, stderr=subprocess.DEVNULL).returncode == 0
     assert read_split(out, "train").num_classes == 136 * 4
