@@ -217,13 +217,18 @@ def test_table1_matches_on_k_and_the_runs_last_step(tmp_path):
     assert md.count("| paper |") == 1  # not under the run of 200 steps: no value of the paper
 
 
+def reproduction_page(table: Path, folder: Path) -> str:
+    """The reproduction page of ``table`` as the workflow writes it (`dmaml.report.paper`'s CLI)."""
+    page = folder / "reproduction.md"
+    assert paper.main([str(table), "--paper", str(PAPER), "--out", str(page)]) == 0
+    return page.read_text()
+
+
 def test_reproduction_sums_up_each_table(omniglot_runs, tmp_path):
     out = tmp_path / "table2.csv"
     assert main(["table", "checkpoints", *map(str, omniglot_runs), "--out", str(out),
                  "--paper", str(PAPER), "--paper-table", "table2"]) == 0
-    page = tmp_path / "reproduction.md"
-    assert paper.main([str(out), "--paper", str(PAPER), "--out", str(page)]) == 0
-    text = page.read_text()
+    text = reproduction_page(out, tmp_path)
     assert "| table2 | 6 | 2 | 1 | 1 | 0 |" in text
     assert "## table2: omniglot, N = 5, k = 1" in text
     assert "- Cells: 2 of 6 cells compared: 1 =, 1 better, 0 worse." in text
@@ -323,9 +328,7 @@ def test_cells_show_the_chosen_seed_and_the_range_over_seeds(seeded_runs, tmp_pa
     assert "| paper | 0.84 ± 0.006 · +0.06 · = | 0.86 ± 0.006 · +0.09 · better (1 seed) |" in md
     assert "in parentheses, the lowest and highest mean over all seeds" in md
 
-    page = tmp_path / "reproduction.md"
-    assert paper.main([str(out), "--paper", str(PAPER), "--out", str(page)]) == 0
-    text = page.read_text()
+    text = reproduction_page(out, tmp_path)
     assert "| table2 | 4 | 4 | 2 | 2 | 0 | 1 |" in text
     assert "n = 1, step 1000: ours 0.930 ± 0.010 (seeds 0.900–0.950), paper 0.82 ± 0.007" in text
     assert "1 compared cell(s) rest on one seed of ours" in text
