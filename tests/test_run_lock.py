@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import platform
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -124,3 +126,82 @@ def test_status_names_the_holder_of_a_stalled_run(tmp_path, capsys):
     assert main(["status", str(tmp_path / "runs")]) == 0
     line = capsys.readouterr().out.splitlines()[1].split()
     assert line[1] == "stalled?" and line[-2:] == [f"{platform.node()}:{pid}", "(gone)"]
+
+
+HOLD_THEN_STOP = """
+import sys, time
+from dmaml import run_lock
+with run_lock.hold(sys.argv[1]):
+    if sys.argv[2] == "stopping":
+        run_lock.mark_stopping(sys.argv[1])
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def holding(folder, state: str, seconds: float) -> subprocess.Popen:
+    """A process that holds ``folder``'s lock for ``seconds`` (marked stopping or not)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_THEN_STOP, str(folder), state,
+                             str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_writer_waits_for_a_holder_that_is_stopping(tmp_path, caplog):
+    """A retried SLURM job may start while the cancelled one writes its checkpoint: a holder
+    marked stopping is waited for (check and hold); one at work is refused at once."""
+    first = holding(tmp_path, "stopping", 2)
+    assert run_lock.holder(tmp_path)["stopping"] >= run_lock.holder(tmp_path)["since"]
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        run_lock.check(tmp_path)
+    assert time.monotonic() - start > 1.5  # it returned only once the holder had let go
+    first.wait(timeout=60)
+    assert f"waiting for pid {first.pid} on host {platform.node()}" in caplog.text
+    assert "which is stopping" in caplog.text
+    first = holding(tmp_path, "stopping", 2)
+    start = time.monotonic()
+    with run_lock.hold(tmp_path):
+        assert time.monotonic() - start > 1.5 and run_lock.holder(tmp_path)["pid"] == os.getpid()
+    first.wait(timeout=60)
+    at_work = holding(tmp_path, "working", 60)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RunLocked, match=f"pid {at_work.pid} on host "):
+            run_lock.check(tmp_path)
+        assert time.monotonic() - start < 5
+    finally:
+        at_work.kill()
+        at_work.wait()
+    run_lock.mark_stopping(tmp_path)  # a process that holds no lock on it changes nothing
+    assert "stopping" not in run_lock.holder(tmp_path)  # the killed holder's line stays
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_and_its_retry_end_as_a_single_run(tmp_path):
+    """What SLURM does on `scancel`: SIGTERM to every process of the job, the training's worker
+    processes included; the retry starts at once. The workers ignore it and the training
+    finishes its run, checkpoints and exits; the retry waits for it, resumes, and the folder
+    ends as a run alone would."""
+    flags = [f"--{k}={v}" for k, v in FLAGS.items() if k != "engine"] + ["--engine=processes"]
+    args = [sys.executable, "-m", "dmaml.cli", "train", *flags]
+    whole = tmp_path / "whole"
+    subprocess.run([*args, "--out", str(whole)], check=True, capture_output=True, timeout=900)
+    out = tmp_path / "run"
+    first = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while not (out / "checkpoints/latest.npz").exists() and time.time() < deadline \
+            and first.poll() is None:
+        time.sleep(0.05)
+    assert first.poll() is None, "the first ended before its first checkpoint"
+    os.killpg(first.pid, signal.SIGTERM)  # the whole job: the training and its workers
+    retry = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True,
+                           timeout=900)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "restarting it" not in err, err[-3000:]  # its workers lived to finish the run
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert re.search(r"resuming from step [1-9]", retry.stderr), retry.stderr[-3000:]
+    same_run(out, whole)
+    assert (out / "test.csv").read_bytes() == (whole / "test.csv").read_bytes()

@@ -344,6 +344,7 @@ class Learner:
         log.warning("%s: finishing this run, then writing a checkpoint",
                     signal.Signals(signum).name)
         self.stop_signal = signum
+        run_lock.mark_stopping(self.out)  # a retried job waits for this checkpoint
 
     def _run(self, s: dict, validator: Evaluator, tester: Evaluator | None) -> None:
         cfg = self.cfg

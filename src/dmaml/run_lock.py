@@ -5,7 +5,11 @@ pid and start time while it is held and is emptied when it is released. The kern
 lock of a process that dies (SIGKILL, a node crash seen by a lock server), so a lock is never
 left behind by a dead process; what such a process leaves is its line in ``run.lock``, which the
 next writer replaces with a warning. A second writer stops at once with one line naming the
-holder and what to do.
+holder and what to do, unless that holder is stopping: a process told to stop (SIGTERM, SIGINT)
+marks ``run.lock`` so (:func:`mark_stopping`) while it finishes its run and writes its
+checkpoint, and a new writer waits up to :data:`STOP_WAIT` seconds for it. That is the path of a
+cancelled or pre-empted SLURM job, whose retry may start before the old job has written its
+checkpoint.
 
 Filesystems: local ones (ext4, xfs, btrfs, tmpfs) and NFS (v4, or v3 with the lock daemon;
 Linux's client turns ``flock`` into a POSIX lock that the server sees) keep writers on different
@@ -33,6 +37,9 @@ from dmaml.status import STALE_AFTER
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
+STOP_WAIT = 300  # seconds a writer waits for a stopping holder: a run of the largest grid cell
+
+_held: dict[Path, int] = {}  # run folder -> descriptor of the lock this process holds on it
 
 
 class RunLocked(UserError, RuntimeError):
@@ -96,13 +103,42 @@ def check(folder: Path) -> None:
     except OSError:
         return  # no lock file: no writer yet (or an unreadable folder, reported when writing)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _refusal(Path(folder), holder(folder)) from None
+        _take(fd, Path(folder), fcntl.LOCK_SH)
     except OSError:
         return  # a filesystem without locks: the writer's own attempt says so
     finally:
         os.close(fd)
+
+
+def _take(fd: int, folder: Path, kind: int) -> None:
+    """``flock(fd, kind)`` without blocking; :class:`RunLocked` if another process holds it,
+    after waiting up to :data:`STOP_WAIT` seconds while that holder says it is stopping."""
+    deadline = time.monotonic() + STOP_WAIT
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            info = holder(folder)
+            if not (info and info.get("stopping")) or time.monotonic() > deadline:
+                raise _refusal(folder, info) from None
+            if not waiting:
+                log.info("%s: waiting for %s, which is stopping (it writes its checkpoint; at "
+                         "most %d s)", folder, describe(info), STOP_WAIT)
+                waiting = True
+            time.sleep(0.2)
+
+
+def mark_stopping(folder: Path) -> None:
+    """Say in ``run.lock`` that this process, its holder, is stopping: the next writer waits for
+    it instead of refusing. Does nothing where this process holds no lock on ``folder``."""
+    fd = _held.get(Path(folder).resolve())
+    info = holder(folder)
+    if fd is None or not info:
+        return
+    # longer than what it overwrites, so a reader never sees a mix of old and new
+    os.pwrite(fd, (json.dumps({**info, "stopping": round(time.time())}) + "\n").encode(), 0)
 
 
 @contextlib.contextmanager
@@ -119,9 +155,7 @@ def hold(folder: Path) -> Iterator[None]:
                               "choose a writable --out") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _refusal(folder, holder(folder)) from None
+            _take(fd, folder, fcntl.LOCK_EX)
         except OSError as e:
             raise CheckpointError(
                 f"{path}: the filesystem refuses a lock ({e.strerror or e}), so two writers of "
@@ -143,9 +177,11 @@ def hold(folder: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         os.fsync(fd)
+        _held[folder.resolve()] = fd
         try:
             yield
         finally:
+            del _held[folder.resolve()]
             os.ftruncate(fd, 0)  # released: the file names no holder
     finally:
         os.close(fd)  # drops the lock

@@ -78,7 +78,10 @@ class Slots:
 def _process_main(cfg: RunConfig, processes: int, threads: int, layout: Layout, theta_name: str,
                   slots_name: str, workers: list[int], conn: Connection) -> None:
     """A worker process: build the vectorized engine, then serve runs until told to close."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # the parent decides when to stop: a SIGTERM that SLURM sends every process of a cancelled
+    # job would otherwise kill the workers of the run the parent finishes before it checkpoints
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     try:
         from dmaml.engines import set_threads
 
