@@ -194,7 +194,7 @@ def check_figure7(flow: Path, config: list[str]) -> None:
     assert planned(snakemake(flow, "-n", "fig7", "table7", *config))["train_dmaml"] == 3
     done = snakemake(flow, "fig7", "table7", *config, timeout=1500)
     assert done.returncode == 0, done.stderr[-4000:]
-    strategies = {"mean", "weighted T=1.0", "drop_worst 1", "mean; n=2 from step 100"}
+    strategies = {"mean", "weighted T=1.0", "drop_worst 0.25", "mean; n=2 from step 100"}
     table = pd.read_csv(flow / "results/tables/table7.csv")
     assert set(table["strategy"]) == strategies and set(table["verdict"]) == {"-"}
     assert sorted(set(table["workers"])) == [1, 4] and len(table) == 5 * 3
@@ -211,7 +211,7 @@ def check_figure7(flow: Path, config: list[str]) -> None:
     assert set(schedule[schedule["step"] <= 100]["workers"]) == {4}
     assert set(schedule[schedule["step"] > 100]["workers"]) == {2}
     caption = (flow / "results/figures/fig7.txt").read_text()
-    assert "n = 4, t = 8, 200 MAML steps; strategies: 'drop_worst 1', 'mean', 'mean; n=2 from step " \
+    assert "n = 4, t = 8, 200 MAML steps; strategies: 'drop_worst 0.25', 'mean', 'mean; n=2 from step " \
            "100', 'weighted T=1.0'" in caption
     assert caption.count("This figure cannot answer its question: ") == 1
     assert (flow / "results/figures/fig7.png").stat().st_size > 0
