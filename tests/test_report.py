@@ -281,6 +281,11 @@ def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path)
             "n >= 8 only.") in caption
     assert "softmax(-(s - min s) / (T std s))" in caption and "seeds 0, 1" in caption \
         and "[" not in caption
+    assert "Lower panels: the highest minus the lowest probe score of the workers" in caption
+    spreads = figures.probe_spreads(tables.load_runs(strategies).assign(line=lambda f: f["strategy"]))
+    assert set(spreads[2]) == {"weighted T=0.5", "drop_worst 0.25"}  # the merges that score
+    for spread in spreads[2].values():
+        assert list(spread.index) == list(range(1, 41)) and (spread >= 0).all()
 
 
 def test_figure7_legend_names_each_strategy(strategies):

@@ -300,10 +300,28 @@ def merge_figure(run_dirs, out: Path) -> None:
     runs = runs.assign(line=["n = 1 (reference)" if n == 1 else s
                              for n, s in zip(runs["workers"], runs["strategy"])])
     counts = sorted(set(runs["workers"]) - {1}) or [1]
-    fig, axes = plt.subplots(1, len(counts), figsize=(7 * len(counts), 4.5), squeeze=False)
-    for ax, n in zip(axes[0], counts):
-        plot_curves(ax, runs[runs["workers"].isin({1, n})], ["line"], lambda v: v[0])
-        ax.set_title(f"Merge strategies at n = {n} workers")
+    spreads = probe_spreads(runs)
+    rows = 2 if spreads else 1
+    fig, axes = plt.subplots(rows, len(counts), figsize=(7 * len(counts), 4.5 + 2.5 * (rows - 1)),
+                             squeeze=False, height_ratios=[2, 1][:rows], sharex="col")
+    fig.subplots_adjust(hspace=0.3)
+    for col, n in enumerate(counts):
+        panel = runs[runs["workers"].isin({1, n})]
+        plot_curves(axes[0][col], panel, ["line"], lambda v: v[0])
+        axes[0][col].set_title(f"Merge strategies at n = {n} workers")
+        if spreads:  # the same colour for a strategy in both panels
+            axes[0][col].set_xlabel("")
+            ax = axes[1][col]
+            colors = dict(zip(sorted(set(panel["line"])), palette(panel["line"].nunique())))
+            for line, spread in sorted(spreads.get(n, {}).items()):
+                smooth = spread.rolling(SMOOTH, min_periods=1).mean()
+                ax.plot(smooth.index, smooth.to_numpy(), color=colors[line], lw=1.2, label=line)
+            ax.set_xlabel("MAML steps of the central model")
+            ax.set_ylabel("probe-score spread")
+            ax.set_title("Spread of the workers' probe scores at each merge", fontsize=9)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
     strategies = ", ".join(f"'{x}'" for x in sorted(set(runs["strategy"])))
     config = (f"n = {listing(counts)}, t = {listing(runs['tasks_per_step'])}, "
               f"{listing(runs['steps'])} MAML steps; strategies: {strategies}")
@@ -313,7 +331,27 @@ def merge_figure(run_dirs, out: Path) -> None:
     save(fig, out, _caption("Figure 7: validation score for each merge strategy of the central "
                             "learner (the paper's future work: does a smarter merge stop the "
                             "divergence of many workers?)", runs,
-                            (f"{limits} " if limits else "") + f"{config}. {STRATEGIES}."))
+                            (f"{limits} " if limits else "") + f"{config}. {STRATEGIES}."
+                            + (f" {SPREAD}." if spreads else "")))
+
+
+SMOOTH = 20  # merges in the rolling mean of the lower panels (one spread a step is noise)
+SPREAD = ("Lower panels: the highest minus the lowest probe score of the workers at each merge "
+          f"(weighted and drop_worst; mean over seeds, rolling mean over {SMOOTH} merges): how far "
+          "apart the workers the merge judges are")
+
+
+def probe_spreads(runs: pd.DataFrame) -> dict[int, dict[str, pd.Series]]:
+    """For each n, each strategy's spread of worker probe scores by MAML step (from the runs'
+    ``worker_scores.csv``, mean over seeds); empty when no run scores its workers."""
+    spreads: dict[int, dict[str, pd.Series]] = {}
+    for (n, line), group in runs.groupby(["workers", "line"]):
+        found = [Path(run) / "worker_scores.csv" for run in group["run"]]
+        found = [pd.read_csv(f) for f in found if f.is_file()]
+        found = [f.groupby("step")["score"].agg(lambda s: s.max() - s.min()) for f in found if len(f)]
+        if found:
+            spreads.setdefault(n, {})[line] = pd.concat(found, axis=1).mean(axis=1).sort_index()
+    return spreads
 
 
 # The paper's divergence (its Section 4.3, Table 2): "after 1,500 MAML steps", at n >= 8
