@@ -38,14 +38,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from dmaml import bench, config, models, optimizer
+from dmaml import bench_measure, config, models, optimizer
 from dmaml.engines import create
 from dmaml.tasks import INIT, TRAIN, make_sampler, sample_batch, task_rng
 
 
 def inputs(workload: str, order: str, steps: int, data: dict[str, str]):
     """The run settings, theta_0 and the tasks of ``steps`` MAML steps of one worker."""
-    settings = {**bench.WORKLOADS[workload], "first_order": order == "first"}
+    settings = {**bench_measure.WORKLOADS[workload], "first_order": order == "first"}
     if settings["dataset"] != "sine":
         settings["data"] = data[settings["dataset"]]
     cfg = config.load(None, settings)
@@ -84,9 +84,9 @@ def dmaml_engine(name: str, run: bool):
         start = time.perf_counter()
         loss = engine.run(theta, states, 0)[0].loss  # compiles
         first = time.perf_counter() - start
-        calls = [bench.step_alone(engine, theta, states, s) for s in range(len(tasks))]
+        calls = [bench_measure.step_alone(engine, theta, states, s) for s in range(len(tasks))]
         calls[0]()  # a new input shape may compile once more
-        seconds = [bench.timed(c) for c in calls[1:]]
+        seconds = [bench_measure.timed(c) for c in calls[1:]]
         engine.close()
         return statistics.median(seconds), first, loss
     return measure
@@ -263,7 +263,7 @@ def one(name: str, workload: str, order: str, steps: int, data: dict[str, str]):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", default="omniglot-5w1s",
-                   help=f"comma-separated, of {', '.join(w for w in bench.WORKLOADS if w != 'sine')}")
+                   help=f"comma-separated, of {', '.join(w for w in bench_measure.WORKLOADS if w != 'sine')}")
     p.add_argument("--orders", default="second,first", help="second, first or both")
     p.add_argument("--steps", type=int, default=10, help="timed MAML steps [default: 10]")
     p.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
@@ -273,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(one(**json.loads(args.one))))
         return 0
-    peak = bench.matmul_peak()
+    peak = bench_measure.matmul_peak()
     rows = [f"float32 matmul peak of this invocation: {peak['gflops']:.0f} GFLOP/s "
             f"({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})", "",
             "| workload | order | implementation | s/step | vs dmaml's best | first step s | "
             "meta-loss |", "|---" * 7 + "|"]
     with tempfile.TemporaryDirectory(prefix="dmaml-peers-") as folder:
-        data = bench.make_data(Path(folder))
+        data = bench_measure.make_data(Path(folder))
         for workload in args.workloads.split(","):
             for order in args.orders.split(","):
                 results = {}

@@ -1,5 +1,6 @@
-"""Tests of dmaml.bench: the FLOP count of a MAML step, the matmul peak, the compiled-step figure
-and the table's peak quote. No timing is asserted (the machine is shared)."""
+"""Tests of dmaml.bench, dmaml.bench_measure and dmaml.flops: the FLOP count of a MAML step, the
+matmul peak, the compiled-step figure and the table's peak quote. No timing is
+asserted (the machine is shared)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from dmaml import bench, config, models
+from dmaml import bench, bench_measure, config, flops, models
 
 # The ops whose FLOPs the count covers: convolutions and matmuls, forward and both gradients.
 PRODUCTS = {"MatMul", "BatchMatMulV2", "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"}
@@ -71,7 +72,7 @@ def step_graph(cfg) -> tf.Graph:
     model = models.for_config(cfg)
     params = {k: tf.TensorSpec(v.shape, tf.float32)
               for k, v in model.init(np.random.default_rng(0)).items()}
-    shape = bench.EXAMPLE_SHAPES[cfg.dataset]
+    shape = flops.EXAMPLE_SHAPES[cfg.dataset]
     t, s, q = cfg.tasks_per_step, cfg.ways * cfg.shots, cfg.ways * cfg.queries
     label = (tf.TensorSpec((t, s), tf.int32), tf.TensorSpec((t, q), tf.int32)) \
         if model.classification else (tf.TensorSpec((t, s, 1)), tf.TensorSpec((t, q, 1)))
@@ -88,25 +89,25 @@ def step_graph(cfg) -> tf.Graph:
 @pytest.mark.parametrize("order", ["second", "first"])
 def test_flops_per_step_is_what_a_maml_step_computes(settings, order):
     cfg = config.load(None, {**settings, "first_order": order == "first"})
-    assert bench.flops_per_step(cfg) == pytest.approx(graph_flops(step_graph(cfg)), rel=1e-6)
+    assert flops.flops_per_step(cfg) == pytest.approx(graph_flops(step_graph(cfg)), rel=1e-6)
 
 
 def test_first_layer_input_gradient_is_not_counted():
     cfg = config.load(None, dict(dataset="omniglot", ways=5, shots=1, queries=1,
                                  tasks_per_step=1, inner_steps=1))
     graph = step_graph(cfg)
-    first = bench.layer_flops(models.for_config(cfg), bench.EXAMPLE_SHAPES["omniglot"])[0]
+    first = flops.layer_flops(models.for_config(cfg), flops.EXAMPLE_SHAPES["omniglot"])[0]
     # Layer 1's input gradient would be a Conv2DBackpropInput of the images' shape: none runs.
     assert first > 0 and not [op for op in needed_ops(graph) if op.type == "Conv2DBackpropInput"
                               and op.outputs[0].shape[1:] == (28, 28, 1)]
     # The old (9kS + 3Q)F counted it, 2% too many on Omniglot 5-way 1-shot.
     old = (9 * 5 + 3 * 5) * models.for_config(cfg).flops
-    assert 1.015 < old / bench.flops_per_step(cfg) < 1.03
+    assert 1.015 < old / flops.flops_per_step(cfg) < 1.03
 
 
 def test_matmul_peak_reaches_4096_and_is_configurable():
-    assert max(bench.PEAK_SIZES) == 4096
-    peak = bench.matmul_peak(sizes=(64, 128), repeats=2)
+    assert max(bench_measure.PEAK_SIZES) == 4096
+    peak = bench_measure.matmul_peak(sizes=(64, 128), repeats=2)
     assert set(peak["by_size"]) == {"64", "128"} and peak["gflops"] > 0
     args = bench_args("--peak-sizes", "256,512")
     assert args.peak_sizes == [256, 512]
@@ -124,7 +125,7 @@ def bench_args(*argv: str):
 def test_the_compiled_step_alone_is_reported_beside_the_whole_run(engine):
     spec = dict(workload="sine", order="second", n=2, engine=engine, steps=2, warmup=1,
                 budget=0, processes=None, data={})
-    record = bench.measure(spec)
+    record = bench_measure.measure(spec)
     # the whole run (task sampling, conversion, merge) and the compiled step on ready tensors
     assert record["median_s"] > 0 and record["step_median_s"] > 0
     assert "step alone" in bench.table([record], 100.0)

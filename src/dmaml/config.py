@@ -20,7 +20,7 @@ from dmaml.errors import ConfigError
 
 DATASETS = ("sine", "omniglot", "miniimagenet")
 MERGES = ("mean", "weighted", "drop_worst")
-# the values of the `engine` setting (bench.LOCAL_ENGINES: the engines `dmaml bench` compares)
+# the values of the `engine` setting (bench_measure.LOCAL_ENGINES: the engines `dmaml bench` compares)
 ENGINE_CHOICES = ("auto", "sequential", "vectorized", "processes", "cluster")
 REDUCTIONS = ("mean", "sum")
 DIVERGENCE = ("stop", "drop")

@@ -99,8 +99,13 @@ SRC = Path(workflow.basedir, "src", "dmaml")
 NOT_TRAINING_CODE = {
     "cli.py",
     "bench.py",
+    "bench_measure.py",
+    "flops.py",
     "grid.py",
     "plan.py",
+    "plan_runs.py",
+    "plan_measure.py",
+    "plan_from_bench.py",
     "status.py",
     "run_lock.py",
     "provenance.py",
