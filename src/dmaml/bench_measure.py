@@ -5,7 +5,7 @@ A configuration (workload, engine, n, order) makes ``warmup`` runs (compilation)
 timed runs of one MAML step each (m = 1), merging the workers' parameters with the mean after
 each run as the learner does. Tasks come from synthetic HDF5 files in the real layout (random
 images: speed does not depend on what they show). ``dmaml bench`` runs each configuration in a
-fresh process (``python -m dmaml.bench_measure --one SPEC``), so that peak memory is its own and
+fresh process (``python -m dmaml.bench_measure --one JSON``), so that peak memory is its own and
 one measurement cannot warm or fragment another.
 
 A configuration's record (:func:`measure`): seconds per MAML step of the central model (median,
@@ -213,7 +213,7 @@ def measure(spec: dict) -> dict:
 
 
 def _main_one(spec: dict) -> None:
-    """``--one SPEC``: the matmul peak (``spec["peak"]``) or one configuration, as a JSON line."""
+    """``--one JSON``: the matmul peak (``spec["peak"]``) or one configuration, as a JSON line."""
     logging.basicConfig(level=logging.WARNING)
     record = matmul_peak(tuple(spec["sizes"])) if spec.get("peak") else measure(spec)
     print(json.dumps(record), flush=True)
