@@ -43,7 +43,8 @@ def machine() -> str:
 
 def measure_one(spec: dict) -> dict:
     """In this (fresh) process: seconds per MAML step, its compilation, and seconds per
-    evaluated task of one workload (``spec``: :func:`workload` and synthetic ``data`` files)."""
+    evaluated task of one workload (``spec``: :func:`dmaml.plan_runs.workload` and synthetic
+    ``data`` files)."""
     from dmaml import config, models
     from dmaml.engines import set_threads
     from dmaml.evaluate import Evaluator
