@@ -13,7 +13,7 @@ from dmaml import config
 from dmaml.cli import main
 from dmaml.errors import ReportError
 from dmaml.learner import Learner
-from dmaml.report import figures, paper, tables
+from dmaml.report import figure7, figures, paper, tables
 
 from .conftest import ROOT
 
@@ -269,7 +269,7 @@ def test_tables_of_one_strategy_keep_their_layout(runs):
 
 
 def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path):
-    figures.merge_figure(strategies, tmp_path / "f7")
+    figure7.merge_figure(strategies, tmp_path / "f7")
     for suffix in (".png", ".pdf"):
         assert (tmp_path / "f7").with_suffix(suffix).stat().st_size > 0
     caption = (tmp_path / "f7.txt").read_text()
@@ -282,7 +282,7 @@ def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path)
     assert "softmax(-(s - min s) / (T std s))" in caption and "seeds 0, 1" in caption \
         and "[" not in caption
     assert "Lower panels: the highest minus the lowest probe score of the workers" in caption
-    spreads = figures.probe_spreads(tables.load_runs(strategies).assign(line=lambda f: f["strategy"]))
+    spreads = figure7.probe_spreads(tables.load_runs(strategies).assign(line=lambda f: f["strategy"]))
     assert set(spreads[2]) == {"weighted T=0.5", "drop_worst 0.25"}  # the merges that score
     for spread in spreads[2].values():
         assert list(spread.index) == list(range(1, 41)) and (spread >= 0).all()
@@ -307,7 +307,7 @@ def test_figure7_of_one_seed_promises_no_bands_and_says_it_cannot_answer(strateg
     assert "band: ±1 std over seeds" not in labels and not ax.collections
     assert "solid: the seed's run (no band: one seed)" in labels
     plt.close(fig)
-    figures.merge_figure(one, tmp_path / "f7")
+    figure7.merge_figure(one, tmp_path / "f7")
     caption = (tmp_path / "f7.txt").read_text()
     assert "one seed per strategy, so strategies cannot be told apart from seed luck." in caption
     assert "Lines: one seed each (0), no bands" in caption and "±1 std" not in caption

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import re
@@ -282,7 +283,7 @@ TABLES = {"checkpoints": ("step", "checkpoint_table"), "shots": ("K", "shots_tab
 FIGURES = {"workers": "workers_figure", "steps_per_run": "steps_per_run_figure",
            "tasks": "tasks_figure", "split": "split_figure", "extrapolation": "extrapolation_figure",
            "workers_wall": "workers_wall_figure", "tasks_wall": "tasks_wall_figure",
-           "merge": "merge_figure"}
+           "merge": "figure7.merge_figure"}  # module figures unless named
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -319,10 +320,10 @@ def _add_table_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
-    from dmaml.report import figures
-
+    module, _, name = FIGURES[args.kind].rpartition(".")
+    draw = getattr(importlib.import_module(f"dmaml.report.{module or 'figures'}"), name)
     extra = {"max_step": args.max_step} if args.max_step and args.kind == "workers" else {}
-    getattr(figures, FIGURES[args.kind])(args.inputs, args.out, **extra)
+    draw(args.inputs, args.out, **extra)
     log.info("wrote %s.{png,pdf,txt}", args.out.with_suffix(""))
     return 0
 
