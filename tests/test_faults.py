@@ -105,7 +105,7 @@ def test_diverged_worker_dropped_from_merge(tmp_path, caplog):
 
     learner.engine = PoisonedEngine(cfg)
     final = learner.train()
-    assert all(np.isfinite(v).all() for v in final["theta"].values())
+    assert all(np.isfinite(v).all() for v in final.theta.values())
     assert "worker(s) [1] produced a non-finite loss or parameters; left out" in caplog.text
     assert [r["dropped"] for r in rows(tmp_path / "metrics.csv")] == ["0", "1"]
 

@@ -46,8 +46,8 @@ def test_one_worker_is_plain_maml(tmp_path):
         tasks = sample_batch(sampler, task_rng(cfg.seed, TRAIN, 0, s), cfg.tasks_per_step)
         params, state, _, _ = step(params, state, *tasks)
     for k, v in params.items():
-        np.testing.assert_array_equal(final["theta"][k], v.numpy())
-    np.testing.assert_array_equal(final["states"][0].m["dense0/w"], state.m["dense0/w"].numpy())
+        np.testing.assert_array_equal(final.theta[k], v.numpy())
+    np.testing.assert_array_equal(final.states[0].m["dense0/w"], state.m["dense0/w"].numpy())
 
 
 def probe_scores(cfg: config.RunConfig, results: dict, start: int) -> np.ndarray:
@@ -83,8 +83,8 @@ def test_merged_parameters_follow_the_strategy(tmp_path, strategy):
         np.testing.assert_allclose([float(r["weight"]) for r in written], w, rtol=1e-6)
     for k in theta0:
         expected = sum(w[i] * results[i].params[k] for i in range(3))
-        np.testing.assert_allclose(final["theta"][k], expected, rtol=1e-5, atol=1e-7)
-    assert final["states"][2].t == 2, "each worker keeps its own Adam state"
+        np.testing.assert_allclose(final.theta[k], expected, rtol=1e-5, atol=1e-7)
+    assert final.states[2].t == 2, "each worker keeps its own Adam state"
 
 
 def test_the_merge_judges_what_workers_return_not_the_tasks_they_drew(tmp_path):
@@ -105,7 +105,7 @@ def test_the_merge_judges_what_workers_return_not_the_tasks_they_drew(tmp_path):
     for k in theta0:
         expected = np.mean([results[w].params[k] for w in range(4) if w != np.argmax(scores)],
                            axis=0)
-        np.testing.assert_allclose(final["theta"][k], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(final.theta[k], expected, rtol=1e-5, atol=1e-7)
 
 
 def test_merge_weights():
@@ -194,8 +194,8 @@ def test_sine_learns_to_adapt(tmp_path):
     final = Learner(cfg, tmp_path).train()
     model = models.mlp()
     sampler = SineSampler(10, 10)
-    adapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 1)(final["theta"])
-    unadapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 0)(final["theta"])
+    adapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 1)(final.theta)
+    unadapted = Evaluator(model, sampler, "test", 200, 7, cfg.alpha, 0)(final.theta)
     # measured (Intel Xeon, oneDNN on and off alike): adapted 0.51, unadapted 3.00; the bounds
     # leave 3x on each, far more than another CPU's float32 round-off moves a 2,000-step run
     assert adapted.mean < 0.5 * unadapted.mean, (adapted, unadapted)

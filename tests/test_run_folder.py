@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dmaml import checkpoint, config, learner, models
+from dmaml import checkpoint, config, models, progress
 from dmaml.errors import CheckpointError, DatasetError
 from dmaml.evaluate import Evaluator
 from dmaml.learner import Learner
@@ -103,9 +103,9 @@ def test_progress_eta_and_tensorboard(tmp_path, monkeypatch, caplog):
     """A line at once, one after the compiling first run, progress between validations (every
     PROGRESS_EVERY seconds: here 0) with speed and time left, the same in run.json, and every
     curve in TensorBoard's event file."""
-    monkeypatch.setattr(learner, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_EVERY", 0.0)
     run = tmp_path / "run"
-    with caplog.at_level(logging.INFO, logger="dmaml.learner"):
+    with caplog.at_level(logging.INFO, logger="dmaml"):
         Learner(sine(steps=30, eval_every=10, test_tasks=5, checkpoint_steps=[30]), run).train()
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == f"{run}: loading data"
@@ -138,18 +138,24 @@ def test_checkpoint_steps_beyond_the_run_are_a_warning(tmp_path, caplog):
 
 
 def test_eta_counts_training_validation_and_testing(tmp_path):
-    """Only steps the run reaches count (checkpoint step 500 is beyond its 100 steps)."""
+    """Only steps the run reaches count (checkpoint step 500 is beyond its 100 steps); the first
+    run and the first evaluation of each kind compile and are left out."""
     cfg = sine(steps=100, eval_every=10, val_tasks=5, test_tasks=50,
                checkpoint_steps=[50, 100, 500])
-    run = Learner(cfg, tmp_path)
-    assert run._eta(0) is None  # nothing measured yet
-    run.clock.update(runs_s=2.0, steps=20)
-    assert run._eta(20) == pytest.approx(8.0)  # 80 steps at 0.1 s; evaluation not yet timed
-    run.clock["task_s"] = 0.1
+    clock = progress.Progress(cfg, tmp_path)
+    clock.ran(30.0, 1)  # the first run: compilation
+    assert clock.time_left(0) is None and clock.step_s() is None  # nothing measured yet
+    for _ in range(20):
+        clock.ran(0.1, 1)
+    assert clock.step_s() == pytest.approx(0.1)
+    assert clock.time_left(20) == pytest.approx(8.0)  # 80 steps at 0.1 s; evaluation not yet timed
+    clock.evaluated("validation", 60.0, 5)  # the first validation: compilation
+    assert clock.time_left(20) == pytest.approx(8.0)
+    clock.evaluated("validation", 0.5, 5)
     # and 8 validations of 5 tasks, 2 tests of 50, at 0.1 s a task
-    assert run._eta(20) == pytest.approx(8.0 + 4.0 + 10.0)
-    assert run._eta(60) == pytest.approx(4.0 + 2.0 + 5.0)
-    assert run._eta(100) == 0.0
+    assert clock.time_left(20) == pytest.approx(8.0 + 4.0 + 10.0)
+    assert clock.time_left(60) == pytest.approx(4.0 + 2.0 + 5.0)
+    assert clock.time_left(100) == 0.0
 
 
 def test_evaluator_of_the_retest_is_the_runs_own(tmp_path):
@@ -175,8 +181,8 @@ def test_a_retest_keeps_the_measured_speed(tmp_path):
 
 
 def test_the_first_times_left_say_they_are_estimates(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(learner, "PROGRESS_EVERY", 0.0)
-    with caplog.at_level(logging.INFO, logger="dmaml.learner"):
+    monkeypatch.setattr(progress, "PROGRESS_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="dmaml"):
         Learner(sine(steps=80, eval_every=20, val_tasks=3), tmp_path).train()
     lines = [r.getMessage() for r in caplog.records if " s/step, " in r.getMessage()]
     step = {int(m.split(": step ")[1].split("/")[0]): m for m in lines}

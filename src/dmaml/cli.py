@@ -15,17 +15,16 @@ import functools
 import importlib
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
 import yaml
 
-from dmaml import __version__, atomic, run_lock
+from dmaml import __version__, atomic, run_folder, run_lock
 from dmaml.bench import add_command as add_bench_command
 from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
 from dmaml.data.cli import add_commands as add_data_commands
-from dmaml.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted, UserError
+from dmaml.errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 from dmaml.plan import add_command as add_plan_command
 from dmaml.status import add_command as add_status_command
 
@@ -192,7 +191,8 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
-    config_file, path = _run_config_file(run), _checkpoint_file(run, args.step)  # before TF loads
+    config_file = run_folder.config_file(run)  # before TensorFlow loads
+    path = run_folder.checkpoint_file(run, args.step)
 
     from dmaml import checkpoint, config, models
     from dmaml.evaluate import Evaluator
@@ -236,31 +236,6 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                     help="sine: instead of testing, write Figure 2's predictions (adapted on x in "
                          "[-5, 0]) to CSV")
     ev.set_defaults(func=cmd_evaluate)
-
-
-def _run_config_file(run: Path) -> Path:
-    """The ``config.yaml`` of the run folder ``run``; an error if ``run`` is not one."""
-    path = run / "config.yaml"
-    if not run.is_dir():
-        raise ConfigError(f"{run}: no such run folder; give --run a folder written by "
-                          "`dmaml train --out`")
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found; {run} is not a run folder written by "
-                          "`dmaml train --out`")
-    return path
-
-
-def _checkpoint_file(run: Path, step: int | None) -> Path:
-    """The checkpoint of ``step`` (None: the latest state) in ``run``; a missing one lists those kept."""
-    folder = run / "checkpoints"
-    path = folder / (f"step{step:06d}.npz" if step is not None else "latest.npz")
-    if not path.is_file():
-        kept = sorted(int(m[1]) for p in folder.glob("step*.npz")
-                      if (m := re.fullmatch(r"step(\d+)", p.stem)))
-        what = f"no checkpoint of step {step}" if step is not None else "no checkpoint yet"
-        raise CheckpointError(f"{path}: {what}; steps kept: {kept} (the run's checkpoint_steps "
-                              "that it reached); choose one with --step")
-    return path
 
 
 def _extrapolate(out: Path, cfg, model, theta, shots: int, run: Path) -> None:
