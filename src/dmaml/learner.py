@@ -72,6 +72,20 @@ def diverged(results: dict[int, WorkerResult]) -> list[int]:
             if not (math.isfinite(r.loss) and all(np.isfinite(p).all() for p in r.params.values()))]
 
 
+def engine_for(cfg: RunConfig, folder: RunFolder) -> tuple[Engine, str]:
+    """The engine to compute with and why (:func:`dmaml.engines.choose`); a resumed ``auto`` run
+    keeps the engine it started with, so that it ends bitwise as it would have."""
+    name, why = choose(cfg)
+    if cfg.engine == "auto":
+        with contextlib.suppress(KeyError, AttributeError):
+            before = folder.last_status()
+            if before["engine_choice"].startswith("auto") and before["engine"] in ENGINE_CHOICES:
+                name = before["engine"]
+                why = f"auto, kept from the run's start: {name}"
+    log.info("%s: engine %s (%s)", folder.out, name, why)
+    return create(cfg, name), why
+
+
 @dataclass(frozen=True)
 class Session:
     """What one call of :meth:`Learner.train` computes and reports with, once the folder is
@@ -125,7 +139,8 @@ class Learner:
                prober: Evaluator | None) -> TrainingState:
         """:meth:`train` once its data is checked and the run folder is locked."""
         cfg, folder = self.cfg, self.folder
-        engine, choice = (self.engine, "set") if self.engine is not None else self._engine()
+        engine, choice = ((self.engine, "set") if self.engine is not None else
+                          engine_for(cfg, self.folder))
         session = progress = None
         try:
             with stop_signals(self.out) as stop:
@@ -163,19 +178,6 @@ class Learner:
         self._status(session, "finished", s)
         log.info("%s: finished %d steps in %s", self.out, s.step, duration(s.elapsed))
         return s
-
-    def _engine(self) -> tuple[Engine, str]:
-        """The engine to compute with and why (:func:`dmaml.engines.choose`); a resumed ``auto``
-        run keeps the engine it started with, so that it ends bitwise as it would have."""
-        name, why = choose(self.cfg)
-        if self.cfg.engine == "auto":
-            with contextlib.suppress(KeyError, AttributeError):
-                before = self.folder.last_status()
-                if before["engine_choice"].startswith("auto") and before["engine"] in ENGINE_CHOICES:
-                    name = before["engine"]
-                    why = f"auto, kept from the run's start: {name}"
-        log.info("%s: engine %s (%s)", self.out, name, why)
-        return create(self.cfg, name), why
 
     def _open(self, s: TrainingState, resume: int | None, session: Session) -> None:
         """Start the run folder's tables from ``resume`` (None: a fresh run), re-test what the
