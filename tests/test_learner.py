@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from dmaml import checkpoint, config, maml, merge, models, optimizer
+from dmaml.engines import WorkerResult
 from dmaml.engines.sequential import SequentialEngine
 from dmaml.evaluate import Evaluator
-from dmaml.learner import Learner, TrainingDiverged
+from dmaml.learner import Learner, TrainingDiverged, diverged, stop_signals
 from dmaml.tasks import INIT, PROBE, TRAIN, SineSampler, make_sampler, sample_batch, task_rng
 
 
@@ -220,3 +221,24 @@ def test_omniglot_learns_far_above_chance(tmp_path, omniglot_h5):
     test = rows(tmp_path / "test.csv")[0]
     assert float(test["mean"]) > 0.5, test  # chance is 0.2
     assert int(test["tasks"]) == 100
+
+
+def test_a_signal_only_asks_the_run_to_stop():
+    """Within stop_signals, SIGTERM is recorded instead of ending the process; after it, the
+    handler before is back."""
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_signals() as stop:
+        assert stop.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_diverged_names_the_workers_with_a_non_finite_loss_or_parameters():
+    state = optimizer.init({"w": np.zeros(2, np.float32)})
+    ok = {"w": np.zeros(2, np.float32)}
+    results = {0: WorkerResult(ok, state, 0.5, 0.0),
+               1: WorkerResult({"w": np.array([0.0, np.inf], np.float32)}, state, 0.5, 0.0),
+               2: WorkerResult(ok, state, float("nan"), 0.0)}
+    assert diverged(results) == [1, 2]
+    assert diverged({0: results[0]}) == []

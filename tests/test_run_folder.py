@@ -15,7 +15,8 @@ from dmaml import checkpoint, config, models, progress
 from dmaml.errors import CheckpointError, DatasetError
 from dmaml.evaluate import Evaluator
 from dmaml.learner import Learner
-from dmaml.tasks import make_sampler
+from dmaml.state import TrainingState
+from dmaml.tasks import INIT, make_sampler, task_rng
 
 from .conftest import make_h5
 from .test_learner import rows, sine, theta_of
@@ -229,3 +230,28 @@ def test_a_mean_run_resumes_from_a_checkpoint_of_older_merge_settings(tmp_path):
     with pytest.raises(CheckpointError, match=r"different config \(merge: 'mean' -> 'drop_worst', "
                                               r"merge_drop: 1 -> 0.25, merge_probe_tasks"):
         Learner(sine(steps=40, merge="drop_worst"), run).train()
+
+
+def test_training_state_keeps_the_checkpoint_format(tmp_path):
+    """The typed state writes the arrays of every earlier version (theta/, opt<w>/, step,
+    elapsed, acc as [loss sum, metric sum, runs], dropped) and reads them back unchanged."""
+    cfg = sine(workers=2)
+    theta = models.for_config(cfg).init(task_rng(cfg.seed, INIT))
+    s = TrainingState.fresh(theta, cfg.workers)
+    s.step, s.elapsed, s.dropped = 7, 1.5, 1
+    s.add_run(np.float32(0.25), np.float32(0.5))
+    s.add_run(0.75, 1.0)
+    arrays = s.to_arrays()
+    assert {"step", "elapsed", "acc", "dropped", "opt0/t", "opt1/t"} <= set(arrays)
+    assert arrays["acc"].dtype == np.float64 and list(arrays["acc"]) == [1.0, 1.5, 2.0]
+    back = TrainingState.from_arrays(checkpoint.load(_saved(tmp_path, arrays)), cfg.workers)
+    assert (back.step, back.elapsed, back.runs, back.dropped) == (7, 1.5, 2, 1)
+    for k, v in theta.items():
+        np.testing.assert_array_equal(back.theta[k], v)
+        np.testing.assert_array_equal(back.states[1].m[k], s.states[1].m[k])
+    assert back.take_means() == (0.5, 0.75) and back.runs == 0 and back.loss_sum == 0.0
+
+
+def _saved(folder, arrays):
+    checkpoint.save(folder / "state.npz", arrays)
+    return folder / "state.npz"
