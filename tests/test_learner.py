@@ -223,11 +223,11 @@ def test_omniglot_learns_far_above_chance(tmp_path, omniglot_h5):
     assert int(test["tasks"]) == 100
 
 
-def test_a_signal_only_asks_the_run_to_stop():
+def test_a_signal_only_asks_the_run_to_stop(tmp_path):
     """Within stop_signals, SIGTERM is recorded instead of ending the process; after it, the
     handler before is back."""
     before = signal.getsignal(signal.SIGTERM)
-    with stop_signals() as stop:
+    with stop_signals(tmp_path) as stop:
         assert stop.signum is None
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM
