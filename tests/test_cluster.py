@@ -27,7 +27,8 @@ import pytest
 from dmaml import checkpoint
 from dmaml.engines.cluster import ClusterEngine, ClusterError, init_ray, shutdown_ray
 from dmaml.engines.sequential import SequentialEngine
-from dmaml.learner import Learner, config_of
+from dmaml.learner import Learner
+from dmaml.run_folder import config_of
 
 from .conftest import ROOT, make_h5
 from .test_engines import assert_same, settings, start

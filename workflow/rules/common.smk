@@ -93,9 +93,9 @@ FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fi
 SRC = Path(workflow.basedir, "src", "dmaml")
 # Modules that cannot change a run's numbers, so editing them re-runs no training: the command
 # line, benchmarks and the plan, the grid expansion (a run's settings reach it as flags), run
-# monitoring and the run folder's lock, provenance and error texts, data preparation (its output,
-# the HDF5 file, is an input of its own) and the report. Any other module (a new one too) is
-# training code.
+# monitoring, progress reports and the run folder's lock, provenance and error texts, data
+# preparation (its output, the HDF5 file, is an input of its own) and the report. Any other module
+# (a new one too) is training code.
 NOT_TRAINING_CODE = {
     "cli.py",
     "bench.py",
@@ -106,6 +106,7 @@ NOT_TRAINING_CODE = {
     "plan_runs.py",
     "plan_measure.py",
     "plan_from_bench.py",
+    "progress.py",
     "status.py",
     "run_lock.py",
     "provenance.py",
