@@ -207,6 +207,7 @@ def assert_like_sequential(cluster_run: Path, out: Path) -> None:
         assert off.max() <= 2 * cfg.beta * cfg.steps and np.sum(off > 1e-5) <= max(2, 0.01 * off.size)
 
 
+@pytest.mark.slow  # two minutes: Ray actors compile the probe (test_cluster_equals_sequential is fast)
 def test_cluster_merges_by_the_sequential_probe_scores(ray_instance, data, tmp_path):
     """weighted through the cluster engine: the sequential engine's worker scores, weights and
     merged parameters (the probe runs in the learner, on what the actors return)."""

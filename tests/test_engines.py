@@ -320,8 +320,9 @@ def test_create_knows_every_local_engine(data):
         engine.close()
 
 
-@pytest.mark.parametrize("dataset,name", [("sine", "vectorized"), ("omniglot", "vectorized"),
-                                          ("omniglot", "processes")])
+@pytest.mark.parametrize("dataset,name", [  # the convolutional model compiles for minutes: slow
+    ("sine", "vectorized"), pytest.param("omniglot", "vectorized", marks=pytest.mark.slow),
+    pytest.param("omniglot", "processes", marks=pytest.mark.slow)])
 def test_probe_scores_and_merge_are_the_same_on_every_engine(data, tmp_path, dataset, name):
     """The weighted merge scores what the engine returns, in the learner: every engine gives the
     sequential engine's probe scores, weights and merged parameters (to the tolerances above)."""

@@ -167,6 +167,7 @@ def test_yaml_and_key_errors_name_the_file_and_line(tmp_path, caplog):
     assert f"{typo}, train: unknown key(s) ['setps']" in caplog.text
 
 
+@pytest.mark.slow  # measures a workload: a training process of about a minute
 def test_a_first_plan_measures_one_workload_and_scales_the_shipped_benchmark(tmp_path, caplog):
     """The quick preset's Table 2 (omniglot 5-way 1-shot, measured by the shipped benchmark):
     one workload measured here with progress, the others from the benchmark scaled to it."""
