@@ -191,6 +191,10 @@ def test_image_of_wrong_size_fails_midway_and_leaves_nothing(tmp_path):
     assert no_output(tmp_path)
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @needs_real
 def test_interrupted_preprocessing_leaves_no_file_then_rerun(tmp_path):
     out = tmp_path / "omniglot.h5"
@@ -198,7 +202,9 @@ def test_interrupted_preprocessing_leaves_no_file_then_rerun(tmp_path):
                "--source", str(OMNIGLOT_DATA), "--small", "1", "--out", str(out)]
     log = tmp_path.parent / f"{tmp_path.name}-stderr.txt"  # outside the folder checked below
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, stderr=stderr)
+        # SIGINT as a terminal's Ctrl-C delivers it: a shell starts background jobs with SIGINT
+        # ignored, and Python then keeps ignoring it (the suite run with `nohup ... &` failed here)
+        process = subprocess.Popen(command, stderr=stderr, preexec_fn=default_sigint)
     deadline = time.monotonic() + 180  # the start (imports) alone takes tens of s on a loaded machine
     while not [p for p in tmp_path.iterdir() if ".tmp" in p.name]:  # writing has begun
         assert process.poll() is None, f"exit {process.returncode} before writing: {log.read_text()}"
