@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,13 @@ import pytest
 from dmaml.data.store import atomic_h5, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a subprocess that a test stops with SIGINT, as Ctrl-C would: a shell
+    starts background jobs with SIGINT ignored, and a program that does not set its own handler
+    (Python's default KeyboardInterrupt, Snakemake) keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # --- core fixtures ---

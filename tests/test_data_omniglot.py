@@ -23,7 +23,7 @@ from dmaml.data.download import ChecksumError, DownloadError
 from dmaml.data.omniglot import ArchiveError, list_characters, prepare_omniglot
 from dmaml.data.store import SPLITS, read_split
 
-from .conftest import OMNIGLOT_DATA, make_omniglot_source, make_omniglot_zip
+from .conftest import OMNIGLOT_DATA, default_sigint, make_omniglot_source, make_omniglot_zip
 
 needs_real = pytest.mark.skipif(not (OMNIGLOT_DATA / "images_background.zip").is_file(),
                                 reason=f"real Omniglot zips not found in {OMNIGLOT_DATA}")
@@ -191,10 +191,6 @@ def test_image_of_wrong_size_fails_midway_and_leaves_nothing(tmp_path):
     assert no_output(tmp_path)
 
 
-def default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @needs_real
 def test_interrupted_preprocessing_leaves_no_file_then_rerun(tmp_path):
     out = tmp_path / "omniglot.h5"
@@ -202,8 +198,6 @@ def test_interrupted_preprocessing_leaves_no_file_then_rerun(tmp_path):
                "--source", str(OMNIGLOT_DATA), "--small", "1", "--out", str(out)]
     log = tmp_path.parent / f"{tmp_path.name}-stderr.txt"  # outside the folder checked below
     with open(log, "w") as stderr:
-        # SIGINT as a terminal's Ctrl-C delivers it: a shell starts background jobs with SIGINT
-        # ignored, and Python then keeps ignoring it (the suite run with `nohup ... &` failed here)
         process = subprocess.Popen(command, stderr=stderr, preexec_fn=default_sigint)
     deadline = time.monotonic() + 180  # the start (imports) alone takes tens of s on a loaded machine
     while not [p for p in tmp_path.iterdir() if ".tmp" in p.name]:  # writing has begun

@@ -18,7 +18,7 @@ import pytest
 
 from dmaml.report import tables
 
-from .conftest import OMNIGLOT_DATA, ROOT, make_omniglot_source
+from .conftest import OMNIGLOT_DATA, ROOT, default_sigint, make_omniglot_source
 
 pytest.importorskip("snakemake")
 
@@ -234,7 +234,7 @@ def test_interrupted_workflow_finishes_with_the_same_table(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "table1",
                              *SMALL_TABLE1], cwd=flow, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
     runs = flow / "results/runs/table1"
     deadline = time.time() + 300
     finished = []
