@@ -7,10 +7,13 @@ from __future__ import annotations
 import re
 import shutil
 
+import pandas as pd
 import pytest
 
 from dmaml.cli import main
+from dmaml.errors import ReportError
 from dmaml.learner import Learner
+from dmaml.report import figure7
 
 from .test_learner import sine
 
@@ -71,3 +74,19 @@ def test_a_diverged_runs_nan_loss_is_a_number_not_a_damaged_row(run, tmp_path):
     assert ",nan," in (copy / "metrics.csv").read_text()
     frame = run_csv(copy / "metrics.csv")
     assert frame["train_loss"].isna().iloc[0] and frame["step"].tolist() == [10, 20]
+
+
+def test_a_damaged_worker_scores_file_is_one_line(tmp_path):
+    """Figure 7's lower panels read worker_scores.csv with the same checks: one row per step and
+    worker; a row written twice names the file and its lines."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = "step,worker,score,weight\n1,0,0.5,0.6\n1,1,0.7,0.4\n2,0,0.4,0.5\n2,1,0.6,0.5\n"
+    (run / "worker_scores.csv").write_text(rows)
+    runs = pd.DataFrame({"workers": [2], "line": ["weighted T=1.0"], "run": [str(run)]})
+    spread = figure7.probe_spreads(runs)[2]["weighted T=1.0"]
+    assert spread.round(6).tolist() == [0.2, 0.2]
+    (run / "worker_scores.csv").write_text(rows + "2,1,0.6,0.5\n")
+    with pytest.raises(ReportError, match=r"worker_scores.csv: step\(s\) \[2\] come twice "
+                                          r"\(lines \[5, 6\]\)"):
+        figure7.probe_spreads(runs)

@@ -113,11 +113,11 @@ def metrics(run: str | Path) -> pd.DataFrame:
     return run_csv(Path(run) / "metrics.csv")
 
 
-def run_csv(path: Path) -> pd.DataFrame:
-    """A run folder's ``metrics.csv`` or ``test.csv``, checked: a :class:`ReportError` naming the
-    file and its lines when a row cannot be read (a field too many or too few, text for a
-    number) or a step comes twice (two writers, or a copy cut short), rather than a table built
-    from them or pandas' own error."""
+def run_csv(path: Path, key: tuple[str, ...] = ("step",)) -> pd.DataFrame:
+    """A run folder's ``metrics.csv``, ``test.csv`` or ``worker_scores.csv`` (``key`` ``("step",
+    "worker")``), checked: a :class:`ReportError` naming the file and its lines when a row cannot
+    be read (a field too many or too few, text for a number) or a ``key`` comes twice (two
+    writers, or a copy cut short), rather than a table built from them or pandas' own error."""
     again = f"delete the run folder {path.parent} and train it again"
     try:
         with open(path, newline="") as f:
@@ -142,7 +142,7 @@ def run_csv(path: Path) -> pd.DataFrame:
     if bad:
         raise ReportError(f"{path}: unreadable row(s) at line(s) {bad}; {again}")
     frame[parsed.columns] = parsed
-    twice = frame["step"].duplicated(keep=False)
+    twice = frame.duplicated(list(key), keep=False)
     if twice.any():
         steps = sorted({int(s) for s in frame["step"][twice]})
         raise ReportError(f"{path}: step(s) {steps} come twice (lines {list(frame.index[twice])}): "

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from dmaml.report import listing, load_runs
+from dmaml.report import listing, load_runs, run_csv
 from dmaml.report.figures import (
     figure_caption,
     palette,
@@ -82,7 +82,7 @@ def probe_spreads(runs: pd.DataFrame) -> dict[int, dict[str, pd.Series]]:
     spreads: dict[int, dict[str, pd.Series]] = {}
     for (n, line), group in runs.groupby(["workers", "line"]):
         found = [Path(run) / "worker_scores.csv" for run in group["run"]]
-        found = [pd.read_csv(f) for f in found if f.is_file()]
+        found = [run_csv(f, key=("step", "worker")) for f in found if f.is_file()]
         found = [f.groupby("step")["score"].agg(lambda s: s.max() - s.min()) for f in found if len(f)]
         if found:
             spreads.setdefault(n, {})[line] = pd.concat(found, axis=1).mean(axis=1).sort_index()
