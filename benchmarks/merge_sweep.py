@@ -3,8 +3,8 @@
 
     python benchmarks/merge_sweep.py --data resources/omniglot.h5   # about 30 min on 2 cores
 
-Omniglot 5-way 1-shot with n workers of t tasks each, m = 1 (default: Figure 7's n = 16, t = 32;
-100 MAML steps, seed 0): the paper's ``mean`` merge, ``weighted`` at each ``--temperatures``
+Omniglot 5-way 1-shot with n workers of t tasks each, m MAML steps per run and outer step size
+beta (default: Figure 7's n = 16, t = 32, m = 1, Table 6's beta; 100 MAML steps, seed 0): the paper's ``mean`` merge, ``weighted`` at each ``--temperatures``
 value (relative to the spread of the workers' probe scores) and ``drop_worst`` at each
 ``--drops`` fraction, every run in a fresh folder (kept under ``--runs`` if given). For each
 setting: the validation accuracy (``--val_tasks`` tasks, the same tasks for every run) at the
@@ -48,6 +48,7 @@ def train_one(args: argparse.Namespace, merge: str, extra: dict, seed: int, out:
     """Train one run and return its row: validation accuracy last and best, diverged or not."""
     cfg = resolve(RunConfig(dataset="omniglot", data=str(args.data), ways=5, shots=1,
                             workers=args.workers, tasks_per_step=args.tasks, steps=args.steps,
+                            steps_per_run=args.steps_per_run, beta=args.beta,
                             merge=merge, eval_every=args.eval_every, val_tasks=args.val_tasks,
                             test_tasks=0, checkpoint_steps=[], seed=seed, tensorboard=False,
                             merge_probe_tasks=args.probe_tasks, **extra))
@@ -136,6 +137,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("resources/omniglot.h5"))
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--tasks", type=int, default=32, help="tasks per step of each worker (t)")
+    p.add_argument("--steps_per_run", type=int, default=1, help="m, MAML steps per run")
+    p.add_argument("--beta", type=float, help="outer step size (default: Table 6's)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eval_every", type=int, default=50)
     p.add_argument("--val_tasks", type=int, default=100)
@@ -160,9 +163,10 @@ def main() -> None:
                 rows.append(train_one(args, merge, extra, seed, out))
                 writer.writerow(rows[-1])
                 f.flush()
-    print(f"Omniglot 5-way 1-shot, n = {args.workers}, t = {args.tasks}, m = 1, {args.steps} MAML "
-          f"steps, seeds {args.seeds}, {args.val_tasks} validation tasks, {args.probe_tasks} probe "
-          "tasks\n")
+    beta = f", beta = {args.beta:g}" if args.beta is not None else ""
+    print(f"Omniglot 5-way 1-shot, n = {args.workers}, t = {args.tasks}, m = {args.steps_per_run}"
+          f"{beta}, {args.steps} MAML steps, seeds {args.seeds}, {args.val_tasks} validation "
+          f"tasks, {args.probe_tasks} probe tasks\n")
     print(summary(rows))
     if args.runs:
         print("\n" + strength(sorted(args.runs.iterdir()), [0.25, 0.5, 1.0, 2.0, 4.0]))

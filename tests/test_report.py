@@ -13,7 +13,7 @@ from dmaml import config
 from dmaml.cli import main
 from dmaml.errors import ReportError
 from dmaml.learner import Learner
-from dmaml.report import figure7, figures, paper, tables
+from dmaml.report import SETTINGS, figure7, figures, paper, tables
 
 from .conftest import ROOT
 
@@ -274,11 +274,11 @@ def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path)
         assert (tmp_path / "f7").with_suffix(suffix).stat().st_size > 0
     caption = (tmp_path / "f7.txt").read_text()
     assert caption.startswith("Figure 7: validation score for each merge strategy")
-    assert "n = 2, t = 10, 40 MAML steps; strategies: 'drop_worst 0.25', 'mean', 'mean; n=1 from step " \
+    assert "n = 2, t = 10, m = 1, 40 MAML steps; strategies: 'drop_worst 0.25', 'mean', 'mean; n=1 from step " \
            "20', 'weighted T=0.5'" in caption
-    assert ("This figure cannot answer its question: 40 MAML steps, while the paper's divergence "
-            "begins after 1,500 (its Section 4.3); n = 2, while the paper's Table 2 diverges at "
-            "n >= 8 only.") in caption
+    assert ("This figure cannot answer its question: 40 MAML steps at m = 1, while the paper's "
+            "divergence begins after 1,500 (its Section 4.3); n = 2 at m = 1, while the paper's "
+            "Table 2 diverges at n >= 8 only.") in caption
     assert "softmax(-(s - min s) / (T std s))" in caption and "seeds 0, 1" in caption \
         and "[" not in caption
     assert "Lower panels: the highest minus the lowest probe score of the workers" in caption
@@ -286,6 +286,23 @@ def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path)
     assert set(spreads[2]) == {"weighted T=0.5", "drop_worst 0.25"}  # the merges that score
     for spread in spreads[2].values():
         assert list(spread.index) == list(range(1, 41)) and (spread >= 0).all()
+
+
+@pytest.mark.parametrize("m, steps, workers, seeds, reasons", [
+    (1, 40, 2, 2, ["40 MAML steps at m = 1", "n = 2 at m = 1"]),
+    (1, 4000, 16, 2, []),  # Table 2's setting, long enough, many workers, seeds
+    (50, 40, 2, 2, []),  # at m > 1 the mean merge loses from the start: no step or n limit
+    (50, 1000, 16, 1, ["one seed per strategy"]),
+    (1, 40, 1, 2, ["no run merges workers"]),
+])
+def test_figure7_says_when_its_runs_cannot_answer(m, steps, workers, seeds, reasons):
+    setting = dict.fromkeys(SETTINGS, 0) | dict(dataset="omniglot", merge="mean", strategy="mean")
+    runs = pd.DataFrame([setting | dict(workers=n, steps_per_run=m if n > 1 else 1, steps=steps,
+                                        seed=seed)
+                         for n in {1, workers} for seed in range(seeds)])
+    limits = figure7.figure7_limits(runs)
+    assert [r for r in reasons if r not in limits] == []
+    assert (limits == "") == (not reasons)
 
 
 def test_figure7_legend_names_each_strategy(strategies):

@@ -75,24 +75,41 @@ def test_table2_plans_the_paper_grid(workflow):
 
 @pytest.mark.parametrize("target, trainings", [
     ("table1", 12), ("table3", 18), ("table4", 18), ("fig2", 12), ("fig3", 18), ("fig4", 12),
-    ("fig5", 42), ("fig6", 18), ("figures", 120), ("fig3_wall", 18), ("fig5_wall", 42),
+    ("fig5", 42), ("fig6", 18), ("figures", 126), ("fig3_wall", 18), ("fig5_wall", 42),
     ("fig7", 27), ("table7", 27)])
 def test_every_target_plans(workflow, target, trainings):
     assert planned(snakemake(workflow, "-n", target))["train_dmaml"] == trainings
 
 
-def test_figure7_reuses_table2s_runs_and_names_the_others(workflow):
-    """Figure 7 (and Table 7) train Table 2's mean runs of n = 1, 16, 32 once for both, put the
-    other merges beside them under table2/ and the worker schedule under fig7_schedule/."""
+def test_figure7_runs_beside_table2s_and_names_its_setting(workflow):
+    """Figure 7 (and Table 7) by default: Table 2's setting at m = 50 with its 32 tasks per step
+    split over n = 16 and 32 workers, every merge beside Table 2's runs under table2/, Table 2's
+    own n = 1 run as the reference (trained once for both), the worker schedule under
+    fig7_schedule/."""
     both = snakemake(workflow, "-n", "table2", "fig7", "table7")
-    assert planned(both)["train_dmaml"] == 18 + 12 + 6
+    assert planned(both)["train_dmaml"] == 18 + 24
     commands = snakemake(workflow, "-n", "-p", "fig7").stdout
+    folders = set(re.findall(r"--out '?results/runs/([^ ']+)/seed\d", commands))
+    assert folders == {f"table2/omniglot-5w1s-n{n}-m50-t{t}-{merge}-mean" for n, t in ((16, 2), (32, 1))
+                       for merge in ("mean", "weighted", "drop_worst")} | {
+        "table2/omniglot-5w1s-n1-m1-t32-mean-mean"} | {
+        f"fig7_schedule/omniglot-5w1s-n{n}-m50-t{t}-mean-mean" for n, t in ((16, 2), (32, 1))}
+    assert "--worker_schedule '[[1000,4]]'" in commands
+
+
+def test_figure7_at_table2s_own_setting_reuses_its_mean_runs(workflow):
+    """presets/fig7-table2.yaml: Figure 7 at n = 16 and 32 of t = 32, m = 1, where the mean runs
+    are Table 2's own."""
+    preset = ["--configfile", str(ROOT / "presets/fig7-table2.yaml")]
+    both = snakemake(workflow, "-n", "table2", "fig7", "table7", *preset)
+    assert planned(both)["train_dmaml"] == 18 + 12 + 6
+    commands = snakemake(workflow, "-n", "-p", "fig7", *preset).stdout
     folders = set(re.findall(r"--out '?results/runs/([^ ']+)/seed\d", commands))
     assert {f"table2/omniglot-5w1s-n{n}-m1-t32-{merge}-mean" for n in (16, 32)
             for merge in ("mean", "weighted", "drop_worst")} <= folders
     assert "table2/omniglot-5w1s-n1-m1-t32-mean-mean" in folders
     assert {f"fig7_schedule/omniglot-5w1s-n{n}-m1-t32-mean-mean" for n in (16, 32)} <= folders
-    assert len(folders) == 9 and "--worker_schedule '[[1000,4]]'" in commands
+    assert len(folders) == 9
 
 
 def test_table5_needs_a_miniimagenet_source(workflow):
@@ -212,7 +229,7 @@ def check_figure7(flow: Path, config: list[str]) -> None:
     assert set(schedule[schedule["step"] <= 100]["workers"]) == {4}
     assert set(schedule[schedule["step"] > 100]["workers"]) == {2}
     caption = (flow / "results/figures/fig7.txt").read_text()
-    assert "n = 4, t = 8, 200 MAML steps; strategies: 'drop_worst 0.25', 'mean', 'mean; n=2 from step " \
+    assert "n = 4, t = 8, m = 1, 200 MAML steps; strategies: 'drop_worst 0.25', 'mean', 'mean; n=2 from step " \
            "100', 'weighted T=1.0'" in caption
     assert caption.count("This figure cannot answer its question: ") == 1
     assert (flow / "results/figures/fig7.png").stat().st_size > 0
