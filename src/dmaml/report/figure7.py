@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from dmaml.report import listing, load_runs, run_csv
+from dmaml.report import SHORT, listing, load_runs, run_csv
 from dmaml.report.figures import (
     figure_caption,
     palette,
@@ -58,9 +58,16 @@ def merge_figure(run_dirs, out: Path) -> None:
             if ax.lines:
                 ax.legend(fontsize=7)
     strategies = ", ".join(f"'{x}'" for x in sorted(set(runs["strategy"])))
-    config = (f"n = {listing(counts)}, t = {listing(runs['tasks_per_step'])}, "
-              f"m = {listing(runs['steps_per_run'])}, {listing(runs['steps'])} MAML steps; "
-              f"strategies: {strategies}")
+    merged, single = runs[runs["workers"] > 1], runs[runs["workers"] == 1]
+    lines = merged if len(merged) else runs
+    config = (f"n = {listing(lines['workers'])}, t = {listing(lines['tasks_per_step'])}, "
+              f"m = {listing(lines['steps_per_run'])}")
+    own = [f"{SHORT[column]} = {listing(single[column])}"
+           for column in ("tasks_per_step", "steps_per_run")
+           if len(merged) and set(single[column]) - set(merged[column])]
+    if own:  # the reference's t and m, where they are not the merged runs'
+        config += f" (n = 1: {', '.join(own)})"
+    config += f", {listing(runs['steps'])} MAML steps; strategies: {strategies}"
     limits = figure7_limits(runs)
     settings_note(fig, runs, f"{listing(runs['steps'])} MAML steps; {points_text(runs)}\n"
                              f"strategies: {strategies}" + (f"\n{limits}" if limits else ""))
