@@ -274,8 +274,8 @@ def test_figure7_a_line_per_strategy_and_its_configuration(strategies, tmp_path)
         assert (tmp_path / "f7").with_suffix(suffix).stat().st_size > 0
     caption = (tmp_path / "f7.txt").read_text()
     assert caption.startswith("Figure 7: validation score for each merge strategy")
-    assert "n = 2, t = 10, m = 1, 40 MAML steps; strategies: 'drop_worst 0.25', 'mean', 'mean; n=1 from step " \
-           "20', 'weighted T=0.5'" in caption
+    assert "n = 2, t = 10, m = 1, 40 MAML steps; strategies: 'drop_worst 0.25', 'mean', " \
+           "'mean; n=1 from step 20', 'weighted T=0.5'" in caption
     assert ("This figure cannot answer its question: 40 MAML steps at m = 1, while the paper's "
             "divergence begins after 1,500 (its Section 4.3); n = 2 at m = 1, while the paper's "
             "Table 2 diverges at n >= 8 only.") in caption

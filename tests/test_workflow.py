@@ -229,8 +229,8 @@ def check_figure7(flow: Path, config: list[str]) -> None:
     assert set(schedule[schedule["step"] <= 100]["workers"]) == {4}
     assert set(schedule[schedule["step"] > 100]["workers"]) == {2}
     caption = (flow / "results/figures/fig7.txt").read_text()
-    assert "n = 4, t = 8, m = 1, 200 MAML steps; strategies: 'drop_worst 0.25', 'mean', 'mean; n=2 from step " \
-           "100', 'weighted T=1.0'" in caption
+    assert "n = 4, t = 8, m = 1, 200 MAML steps; strategies: 'drop_worst 0.25', 'mean', " \
+           "'mean; n=2 from step 100', 'weighted T=1.0'" in caption
     assert caption.count("This figure cannot answer its question: ") == 1
     assert (flow / "results/figures/fig7.png").stat().st_size > 0
 
