@@ -4,17 +4,17 @@
     python benchmarks/merge_sweep.py --data resources/omniglot.h5   # about 30 min on 2 cores
 
 Omniglot 5-way 1-shot with n workers of t tasks each, m MAML steps per run and outer step size
-beta (default: Table 2's n = 16, t = 32, m = 1, Table 6's beta; Figure 7's default is ``--tasks 2
---steps_per_run 50``; 100 MAML steps, seed 0): the paper's ``mean`` merge, ``weighted`` at each
-``--temperatures`` value (relative to the spread of the workers' probe scores) and ``drop_worst``
-at each ``--drops`` fraction, every run in a fresh folder (kept under ``--runs`` if given). For
-each setting: the validation accuracy (``--val_tasks`` tasks, the same tasks for every run) at the
-last step and at its best, the fall from best to last (a diverging run falls), the runs that
-stopped on non-finite values; the spread of the workers' probe scores (their standard deviation
-within a run, then its mean over runs, beside the mean score), the effective number of workers
-merged (1 / sum of squared weights, averaged over runs: n for the mean), and the seconds of the
-whole training and of its probing. Each run's row is appended to ``--out`` (CSV) as it ends; the
-Markdown table goes to stdout.
+beta (default: Table 2's n = 16, t = 32, m = 1, Table 6's beta; presets/fig7-local-steps.yaml's is
+``--tasks 2 --steps_per_run 50``; 100 MAML steps, seed 0): the paper's ``mean`` merge,
+``weighted`` at each ``--temperatures`` value (relative to the spread of the workers' probe
+scores) and ``drop_worst`` at each ``--drops`` fraction, every run in a fresh folder (kept under
+``--runs`` if given). For each setting: the validation accuracy (``--val_tasks`` tasks, the same
+tasks for every run) at the last step and at its best, the fall from best to last (a diverging run
+falls), the runs that stopped on non-finite values; the spread of the workers' probe scores (their
+standard deviation within a run, then its mean over runs, beside the mean score), the effective
+number of workers merged (1 / sum of squared weights, averaged over runs: n for the mean), and the
+seconds of the whole training and of its probing. Each run's row is appended to ``--out`` (CSV) as
+it ends; the Markdown table goes to stdout.
 """
 
 from __future__ import annotations

@@ -21,14 +21,14 @@
 
 Cost: probing evaluates n x ``merge_probe_tasks`` tasks per run (3 adaptation steps each on
 Omniglot) beside the run's n x t x m training tasks, in the learner's process. At Table 2's
-setting (Omniglot 5-way 1-shot, n = 16, t = 32, m = 1, 16 probe tasks, 2 cores) it took 36% of
-the run's time (713 of 1,965 s over 20 MAML steps; the training alone 1,252 s, so probing adds
-57%); at Figure 7's default (n = 16, t = 2, m = 50) 16-18%. The fraction hardly depends on n
-(both grow with it); it grows with the probe tasks and falls with t and m: 8 probe tasks cost
+setting (Omniglot 5-way 1-shot, n = 16, t = 32, m = 1, 16 probe tasks, 2 cores) it took 36% of the
+run's time (713 of 1,965 s over 20 MAML steps; the training alone 1,252 s, so probing adds 57%);
+at presets/fig7-local-steps.yaml's (n = 16, t = 2, m = 50) 16-18%. The fraction hardly depends on
+n (both grow with it); it grows with the probe tasks and falls with t and m: 8 probe tasks cost
 about half as much.
 
 The defaults (T = 1, merge_drop = 0.25, 16 probe tasks), the sweep that chose them and one at
-Figure 7's default setting: benchmarks/README.md, "Merge strategies".
+presets/fig7-local-steps.yaml's setting: benchmarks/README.md, "Merge strategies".
 """
 
 from __future__ import annotations
