@@ -89,6 +89,16 @@ rule table7:
         "results/tables/table7.md",
 
 
+rule ablation:
+    """Beyond the paper: which choices it leaves open explain its numbers (config `ablation:`)."""
+    input:
+        [
+            f"results/tables/{name}.{ext}"
+            for name in config.get("ablation", {})
+            for ext in ("csv", "md", "png")
+        ],
+
+
 rule fig2:
     input:
         "results/figures/fig2.png",

@@ -54,6 +54,13 @@ HELP = {
     "eval_inner_steps": "adaptation steps at validation and test",
     "first_order": "true: first-order MAML (no gradient through the inner updates)",
     "outer_reduction": "mean | sum of the task meta-gradients",
+    "batch_norm": "batch (each batch's statistics, always: MAML's) | running (Keras moving "
+                  "statistics, used at validation and test) | frozen (moving statistics never "
+                  "updated: 0 and 1)",
+    "features": "flatten | mean: the last feature map into the dense layer (mean: cbfinn/maml's "
+                "Omniglot model)",
+    "adam_state": "keep (each worker's Adam moments from run to run) | reset (a new Adam each "
+                  "run)",
     "eval_every": "MAML steps between validations (a metrics.csv row each)",
     "val_tasks": "validation tasks",
     "test_tasks": "test tasks at each checkpoint step (0: no testing)",

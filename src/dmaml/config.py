@@ -24,6 +24,11 @@ MERGES = ("mean", "weighted", "drop_worst")
 ENGINE_CHOICES = ("auto", "sequential", "vectorized", "processes", "cluster")
 REDUCTIONS = ("mean", "sum")
 DIVERGENCE = ("stop", "drop")
+# Implementation choices the paper leaves open (docs/design.md, "Choices the paper leaves open");
+# the first of each is ours and the default.
+BATCH_NORMS = ("batch", "running", "frozen")
+FEATURES = ("flatten", "mean")
+ADAM_STATES = ("keep", "reset")
 
 # The paper's Table 6 (appendix B), per dataset. Keys not listed fall back to the field default.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -60,6 +65,9 @@ class RunConfig:
     eval_inner_steps: int | None = None
     first_order: bool = False
     outer_reduction: str = "mean"
+    batch_norm: str = "batch"  # batch | running | frozen (the statistics batch norm uses)
+    features: str = "flatten"  # flatten | mean: the last feature map into the dense layer
+    adam_state: str = "keep"  # keep | reset: each worker's Adam moments between runs
     eval_every: int = 100
     val_tasks: int = 10
     test_tasks: int = 600
@@ -146,6 +154,10 @@ def _check(c: RunConfig) -> None:
              f"choose one of {REDUCTIONS}, got {c.outer_reduction!r}")
     _require(c.on_divergence in DIVERGENCE, "on_divergence",
              f"choose one of {DIVERGENCE}, got {c.on_divergence!r}")
+    for key, choices in (("batch_norm", BATCH_NORMS), ("features", FEATURES),
+                         ("adam_state", ADAM_STATES)):
+        _require(getattr(c, key) in choices, key,
+                 f"choose one of {choices}, got {getattr(c, key)!r}")
     m = c.steps_per_run
     _require(c.steps % m == 0, "steps", f"{c.steps} is not a multiple of steps_per_run={m}")
     _require(c.eval_every % m == 0, "eval_every",
@@ -159,6 +171,9 @@ def _check(c: RunConfig) -> None:
                  f"{s!r} must be a positive multiple of steps_per_run={m}")
     if c.dataset == "sine":
         _require(c.ways == 1, "ways", "sine regression has ways = 1")
+        for key, ours in (("batch_norm", "batch"), ("features", "flatten")):
+            _require(getattr(c, key) == ours, key,
+                     f"the sine MLP has no convolutions nor batch norm: leave it at {ours!r}")
     elif not c.data:
         raise ConfigError(f"data: set the HDF5 file of the {c.dataset} dataset")
     if c.worker_schedule is not None:

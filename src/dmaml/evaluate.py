@@ -44,6 +44,7 @@ class Evaluator:
         ``stream``: the RNG stream of the tasks (default: the split's)."""
         self.sampler, self.count, self.seed = sampler, tasks, eval_seed
         self.stream = STREAMS[split] if stream is None else stream
+        model = model.for_evaluation()  # batch_norm: running normalises with its moving statistics
         self.fn = maml.make_batch_evaluator(model, alpha, steps)
         self.model, self.batch = model, batch
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmaml import merge, models, provenance, run_lock
+from dmaml import merge, models, optimizer, provenance, run_lock
 from dmaml.config import ENGINE_CHOICES, RunConfig, dump, workers_at
 from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
@@ -216,7 +216,10 @@ class Learner:
         cfg, folder, progress = self.cfg, self.folder, session.progress
         start = time.perf_counter()
         n = workers_at(cfg, s.step)
-        results = session.engine.run(s.theta, {w: s.states[w] for w in range(n)}, s.step)
+        # adam_state: reset gives each worker a new Adam each run, as a new optimiser would be
+        states = {w: optimizer.init(s.theta) if cfg.adam_state == "reset" else s.states[w]
+                  for w in range(n)}
+        results = session.engine.run(s.theta, states, s.step)
         s.step += cfg.steps_per_run
         kept = self._leave_out(diverged(results), results, s, session)
         if session.prober is not None:  # by worker (engines return them in their own order)

@@ -30,7 +30,9 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from dmaml import optimizer
-from dmaml.models import Model, Params
+from dmaml.models import BN_MOMENTUM, Model, Params
+
+ZERO = tf.UnconnectedGradients.ZERO
 
 
 def adapt(model: Model, params: Params, x, y, alpha, steps: int,
@@ -46,10 +48,11 @@ def adapt(model: Model, params: Params, x, y, alpha, steps: int,
                 loss = tf.reduce_sum(model.losses(model.batched(params, x), y))
             else:
                 loss = model.loss(model.apply(params, x), y)
-        grads = tape.gradient(loss, params)
+        # the model's state (moving statistics) is not adapted, as Keras trains trainable weights
+        grads = tape.gradient(loss, {k: p for k, p in params.items() if k not in model.state})
         if first_order:
             grads = {k: tf.stop_gradient(g) for k, g in grads.items()}
-        params = {k: p - alpha * grads[k] for k, p in params.items()}
+        params = {k: p - alpha * grads[k] if k in grads else p for k, p in params.items()}
     return params
 
 
@@ -82,8 +85,52 @@ def meta_gradient(model: Model, params: Params, tasks, alpha, steps: int,
                               first_order) for i in range(count)]
         losses = tf.stack([loss for loss, _ in results])
         total = tf.reduce_sum(losses) if reduction == "sum" else tf.reduce_mean(losses)
-    grads = tape.gradient(total, params)
+    grads = tape.gradient(total, params, unconnected_gradients=ZERO)  # ZERO: the model's state
     return grads, tf.reduce_mean(losses), tf.reduce_mean(tf.stack([m for _, m in results]))
+
+
+def moving_statistics(model: Model, params: Params, tasks, alpha, steps: int,
+                      stacked: bool = False) -> Params:
+    """The model's moving statistics (:attr:`Model.state`) after the training forward passes of
+    one MAML step from ``params``, updated as Keras's ``BatchNormalization(momentum=0.99)`` called
+    with ``training=True`` updates them, pass after pass: ``s <- 0.99 s + 0.01 * batch statistic``.
+    The passes, in order: each task in turn, its support set once per inner step (at the
+    parameters of that step), then its query set (at the adapted parameters).
+
+    ``tasks`` are ``(xs, ys, xq)`` with a leading task axis (``[t, ...]``), or with worker and
+    task axes (``[n, t, ...]``) when ``stacked``: the state of each worker then has its own
+    statistics (``params[k]`` is ``[n, ...]``). Values only: no gradient flows through them.
+    """
+    params = {k: tf.stop_gradient(p) for k, p in params.items()}
+    xs, ys, xq = tasks
+    if stacked:  # every (worker, task) an instance of the batched model
+        n, t = xs.shape[:2]
+        tiled = {k: tf.reshape(tf.broadcast_to(p[:, None], [n, t, *p.shape[1:]]),
+                               [n * t, *p.shape[1:]]) for k, p in params.items()}
+        passes = _training_passes(model, tiled, *(tf.reshape(a, [n * t, *a.shape[2:]])
+                                                  for a in (xs, ys, xq)), alpha, steps, True)
+        by_task = [[{k: tf.reshape(stats[k], [n, t, -1])[:, i] for k in model.state}
+                    for stats in passes] for i in range(t)]
+    else:
+        by_task = [_training_passes(model, params, xs[i], ys[i], xq[i], alpha, steps, False)
+                   for i in range(xs.shape[0])]
+    state = {k: params[k] for k in model.state}
+    for passes in by_task:
+        for stats in passes:
+            for k in state:
+                state[k] = state[k] * BN_MOMENTUM + stats[k] * (1 - BN_MOMENTUM)
+    return state
+
+
+def _training_passes(model: Model, params: Params, xs, ys, xq, alpha, steps: int,
+                     batched: bool) -> list[Params]:
+    """The batch statistics of one task's training forward passes, in order (see
+    :func:`moving_statistics`)."""
+    seen = []
+    for _ in range(steps):
+        seen.append(model.norm_stats(params, xs, batched))
+        params = adapt(model, params, xs, ys, alpha, 1, first_order=True, batched=batched)
+    return [*seen, model.norm_stats(params, xq, batched)]
 
 
 def make_step(model: Model, alpha: float, inner_steps: int, beta: float,
@@ -95,8 +142,10 @@ def make_step(model: Model, alpha: float, inner_steps: int, beta: float,
     def step(params, opt_state, xs, ys, xq, yq):
         grads, loss, metric = meta_gradient(model, params, (xs, ys, xq, yq), alpha, inner_steps,
                                             first_order, reduction)
-        params, opt_state = optimizer.update(params, grads, opt_state, beta)
-        return params, opt_state, loss, metric
+        new, opt_state = optimizer.update(params, grads, opt_state, beta)
+        if model.state:  # Adam leaves the state as it was (zero gradients): the passes set it
+            new.update(moving_statistics(model, params, (xs, ys, xq), alpha, inner_steps))
+        return new, opt_state, loss, metric
 
     return step
 
@@ -118,7 +167,7 @@ def meta_gradient_stacked(model: Model, params: Params, tasks, alpha, steps: int
         losses, metrics = tf.reshape(losses, [n, t]), tf.reshape(metrics, [n, t])
         per_worker = tf.reduce_sum(losses, 1) if reduction == "sum" else tf.reduce_mean(losses, 1)
         total = tf.reduce_sum(per_worker)  # workers are independent: each gets its own gradient
-    grads = tape.gradient(total, params)
+    grads = tape.gradient(total, params, unconnected_gradients=ZERO)  # ZERO: the model's state
     return grads, tf.reduce_mean(losses, 1), tf.reduce_mean(metrics, 1)
 
 
@@ -163,8 +212,11 @@ def make_stacked_step(model: Model, alpha: float, inner_steps: int, beta: float,
     def step(params, opt_state, xs, ys, xq, yq):
         grads, loss, metric = meta_gradient_in_parts(model, params, (xs, ys, xq, yq), alpha,
                                                      inner_steps, first_order, reduction, parts)
-        params, opt_state = optimizer.update(params, grads, opt_state, beta)
-        return params, opt_state, loss, metric
+        new, opt_state = optimizer.update(params, grads, opt_state, beta)
+        if model.state:
+            new.update(moving_statistics(model, params, (xs, ys, xq), alpha, inner_steps,
+                                         stacked=True))
+        return new, opt_state, loss, metric
 
     return step
 

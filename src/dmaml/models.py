@@ -10,10 +10,11 @@ Parameters are a flat ``dict`` of named tensors (insertion order is the canonica
 updates with nested ``tf.GradientTape``s (Keras layers whose weights are reassigned break them).
 
 Conventions (docs/design.md, "Conventions that shape the numbers"):
-- Batch norm always normalises with the statistics of the batch it is given (the support or the
-  query set of one task), in training and in evaluation, as the original MAML code does. There are
-  no running averages; its scale and offset are parameters, adapted in the inner loop like all
-  others. Convolutions carry no bias: batch norm's offset makes it redundant.
+- Batch norm normalises with the statistics of the batch it is given (the support or the query
+  set of one task), in training and in evaluation, as the original MAML code does (``norm:
+  batch``, the default; ``running`` and ``frozen`` are the Keras readings of :func:`conv4`). Its
+  scale and offset are parameters, adapted in the inner loop like all others. Convolutions carry
+  no bias: batch norm's offset makes it redundant.
 - Weights are Glorot-uniform, biases and offsets zero, scales one.
 - Losses are means over examples (the original MAML code divides a sum by K for some models; with
   a mean, alpha means the same thing whatever the number of examples).
@@ -21,6 +22,7 @@ Conventions (docs/design.md, "Conventions that shape the numbers"):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ import tensorflow as tf
 
 Params = dict[str, tf.Tensor]
 BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.99  # Keras's, for the moving statistics of batch_norm: running
 
 
 def glorot(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -65,6 +68,24 @@ class Model:
     # (t = 16, 40) 0.326 / 0.408, 5-way 5-shot with 5 queries (50) 0.839 / 1.057, and with the
     # paper's one query (30, t = 32; benchmarks/speed_paths.py) 0.784 / 1.76.
     batch_examples: float = math.inf
+    # Parameters that are state, not trained: the moving statistics of batch_norm: running. The
+    # inner loop leaves them as they are, the meta-gradient is zero on them, and each MAML step
+    # sets them from its training forward passes (:func:`dmaml.maml.moving_statistics`); the
+    # merge averages them like the others (Keras ``get_weights`` holds them).
+    state: tuple[str, ...] = ()
+    # Where evaluation computes otherwise than training (batch_norm: running): ``apply`` and
+    # ``batched`` as validation and test use them (:meth:`for_evaluation`).
+    eval_apply: Callable[[Params, tf.Tensor], tf.Tensor] | None = None
+    eval_batched: Callable[[Params, tf.Tensor], tf.Tensor] | None = None
+    # ``(params, x, batched) -> {state name: the batch's statistic}`` of a training forward pass
+    norm_stats: Callable[[Params, tf.Tensor, bool], dict[str, tf.Tensor]] | None = None
+
+    def for_evaluation(self) -> Model:
+        """The model as validation and test call it (itself, unless it has ``eval_apply``)."""
+        if self.eval_apply is None:
+            return self
+        return dataclasses.replace(self, apply=self.eval_apply, batched=self.eval_batched,
+                                   eval_apply=None, eval_batched=None)
 
     def example_losses(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """The loss of each example: softmax cross-entropy or squared error (mean over outputs)."""
@@ -124,18 +145,15 @@ def mlp(hidden: tuple[int, ...] = (40, 40), inputs: int = 1, outputs: int = 1) -
                  activations=sum(sizes))
 
 
-def batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor,
-               axes: tuple[int, ...] = (0, 1, 2)) -> tf.Tensor:
-    """Batch norm over the batch and spatial axes of this batch alone (no running averages).
+def moments(x: tf.Tensor, axes: tuple[int, ...]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean and (biased) variance over ``axes``, kept as size-1 axes.
 
-    The moments are written out rather than taken from ``tf.nn.moments``, which stops the gradient
-    through the mean inside the variance: harmless for first derivatives, wrong for MAML's second.
-    ``axes`` are those of the batch and spatial dimensions (``(1, 2, 3)`` with an instance axis in
-    front, which gives each instance its own statistics).
+    Written out rather than taken from ``tf.nn.moments``, which stops the gradient through the
+    mean inside the variance: harmless for first derivatives, wrong for MAML's second.
     """
     mean = tf.reduce_mean(x, axis=axes, keepdims=True)
     var = tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
-    return tf.nn.batch_normalization(x, mean, var, offset, scale, BN_EPSILON)
+    return mean, var
 
 
 def same_padding(size: int, stride: int, kernel: int = 3) -> tuple[int, int, int]:
@@ -177,11 +195,18 @@ def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
 
 
 def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: bool,
-          blocks: int = 4) -> Model:
+          blocks: int = 4, norm: str = "batch", features: str = "flatten") -> Model:
     """Four blocks of [3x3 conv, batch norm, ReLU] and a dense layer to ``ways`` logits.
 
     ``max_pool=False``: stride-2 convolutions ('same' padding), the Omniglot model;
     ``max_pool=True``: stride-1 convolutions followed by 2x2 max-pooling, the miniImageNet model.
+    ``norm``, the ``batch_norm`` setting: ``batch`` normalises with each batch's statistics,
+    always (MAML's choice); ``running`` does so in training but keeps Keras-style moving
+    statistics (parameters ``bn<i>/mean`` and ``bn<i>/var``, :attr:`Model.state`) and normalises
+    with them in evaluation; ``frozen`` always normalises with moving statistics that stay at
+    their initial 0 and 1 (a Keras model never called with ``training=True``): a per-channel
+    scale and offset. ``features``: ``flatten`` the last feature map (ours) or take its spatial
+    ``mean`` (cbfinn/maml's Omniglot model).
     """
     size, cin, flops, activations = image_size, channels, 0, image_size**2 * channels
     for _ in range(blocks):
@@ -191,9 +216,10 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
         size = size // 2 if max_pool else conv_size
         activations += size**2 * filters if max_pool else 0
         cin = filters
-    features = size * size * filters
-    flops += 2 * features * ways
+    n_features = size * size * filters if features == "flatten" else filters
+    flops += 2 * n_features * ways
     activations += ways
+    stride = 1 if max_pool else 2
 
     def init(rng: np.random.Generator) -> dict[str, np.ndarray]:
         params = {}
@@ -203,35 +229,71 @@ def conv4(ways: int, channels: int, image_size: int, filters: int, max_pool: boo
             params[f"bn{i}/scale"] = np.ones(filters, np.float32)
             params[f"bn{i}/offset"] = np.zeros(filters, np.float32)
             cin = filters
-        params["dense/w"] = glorot(rng, (features, ways))
+        params["dense/w"] = glorot(rng, (n_features, ways))
         params["dense/b"] = np.zeros(ways, np.float32)
+        if norm == "running":  # Keras's initial moving statistics
+            for i in range(blocks):
+                params[f"bn{i}/mean"] = np.zeros(filters, np.float32)
+                params[f"bn{i}/var"] = np.ones(filters, np.float32)
         return params
 
-    def apply(params: Params, x: tf.Tensor) -> tf.Tensor:
-        h = x
+    def forward(params: Params, x: tf.Tensor, batched: bool, moving: bool
+                ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """Logits, and the batch statistics each batch norm normalised with (training mode).
+        ``batched``: an instance axis in front (see the module docstring); ``moving``: normalise
+        with the moving statistics (evaluation of ``running``)."""
+        h, stats = x, {}
+        lead = 1 if batched else 0  # instance axes before the batch axis
+
+        def per_instance(v: tf.Tensor) -> tf.Tensor:  # [N, C] -> [N, 1, 1, 1, C]
+            return v[:, None, None, None] if batched else v
+
         for i in range(blocks):
-            h = tf.nn.conv2d(h, params[f"conv{i}/w"], 1 if max_pool else 2, "SAME")
-            h = tf.nn.relu(batch_norm(h, params[f"bn{i}/scale"], params[f"bn{i}/offset"]))
+            if batched:
+                h = conv3x3_batched(h, params[f"conv{i}/w"], stride)
+            else:
+                h = tf.nn.conv2d(h, params[f"conv{i}/w"], stride, "SAME")
+            scale, offset = (per_instance(params[f"bn{i}/{k}"]) for k in ("scale", "offset"))
+            if norm == "frozen":
+                h = tf.nn.batch_normalization(h, tf.zeros_like(offset), tf.ones_like(scale),
+                                              offset, scale, BN_EPSILON)
+            elif moving:
+                h = tf.nn.batch_normalization(h, per_instance(params[f"bn{i}/mean"]),
+                                              per_instance(params[f"bn{i}/var"]), offset, scale,
+                                              BN_EPSILON)
+            else:
+                axes = tuple(range(lead, lead + 3))
+                mean, var = moments(h, axes)
+                stats[f"bn{i}/mean"] = tf.reshape(mean, [-1, filters] if batched else [filters])
+                stats[f"bn{i}/var"] = tf.reshape(var, [-1, filters] if batched else [filters])
+                h = tf.nn.batch_normalization(h, mean, var, offset, scale, BN_EPSILON)
+            h = tf.nn.relu(h)
             if max_pool:
-                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
-        h = tf.reshape(h, [tf.shape(h)[0], features])
-        return tf.matmul(h, params["dense/w"]) + params["dense/b"]
+                h = max_pool_2x2(h) if batched else tf.nn.max_pool2d(h, 2, 2, "VALID")
+        if features == "mean":
+            h = tf.reduce_mean(h, axis=(lead + 1, lead + 2))
+        elif batched:
+            h = tf.reshape(h, [-1, x.shape[1], n_features])
+        else:
+            h = tf.reshape(h, [tf.shape(h)[0], n_features])
+        bias = params["dense/b"][:, None] if batched else params["dense/b"]
+        return tf.matmul(h, params["dense/w"]) + bias, stats
+
+    def apply(params: Params, x: tf.Tensor) -> tf.Tensor:
+        return forward(params, x, False, False)[0]
 
     def batched(params: Params, x: tf.Tensor) -> tf.Tensor:
-        b = x.shape[1]
-        h = x
-        for i in range(blocks):
-            h = conv3x3_batched(h, params[f"conv{i}/w"], 1 if max_pool else 2)
-            scale, offset = (params[f"bn{i}/{k}"][:, None, None, None] for k in ("scale", "offset"))
-            h = tf.nn.relu(batch_norm(h, scale, offset, axes=(1, 2, 3)))
-            if max_pool:
-                h = max_pool_2x2(h)
-        h = tf.reshape(h, [-1, b, features])
-        return tf.matmul(h, params["dense/w"]) + params["dense/b"][:, None]
+        return forward(params, x, True, False)[0]
 
+    running = norm == "running"
     name = f"conv4-{filters}{'-maxpool' if max_pool else '-stride2'}"
     return Model(name, init, apply, classification=True, batched=batched, flops=flops,
-                 activations=activations, batch_tasks=not max_pool, batch_examples=20)
+                 activations=activations, batch_tasks=not max_pool, batch_examples=20,
+                 state=tuple(f"bn{i}/{k}" for i in range(blocks) for k in ("mean", "var"))
+                 if running else (),
+                 eval_apply=(lambda p, x: forward(p, x, False, True)[0]) if running else None,
+                 eval_batched=(lambda p, x: forward(p, x, True, True)[0]) if running else None,
+                 norm_stats=(lambda p, x, b: forward(p, x, b, False)[1]) if running else None)
 
 
 def for_config(cfg) -> Model:
@@ -239,5 +301,7 @@ def for_config(cfg) -> Model:
     if cfg.dataset == "sine":
         return mlp()
     if cfg.dataset == "omniglot":
-        return conv4(cfg.ways, channels=1, image_size=28, filters=64, max_pool=False)
-    return conv4(cfg.ways, channels=3, image_size=84, filters=32, max_pool=True)
+        return conv4(cfg.ways, channels=1, image_size=28, filters=64, max_pool=False,
+                     norm=cfg.batch_norm, features=cfg.features)
+    return conv4(cfg.ways, channels=3, image_size=84, filters=32, max_pool=True,
+                 norm=cfg.batch_norm, features=cfg.features)

@@ -60,7 +60,9 @@ def load_config(folder: Path, configfiles: list[Path]) -> dict:
 
 def experiments_of(config: dict, targets: list[str]) -> dict[str, list[str]]:
     """The experiments behind each target: an experiment's name (``table2``, ``fig3``,
-    ``fig3_wall``), ``reproduction`` (its tables), ``figures`` or ``all`` [default]."""
+    ``fig3_wall``), ``reproduction`` (its tables), ``ablation`` (the arms of every ablation
+    table) or one ablation table by name, ``figures`` or ``all`` [default]."""
+    tables = config.get("ablation", {})
     known = list(config["experiments"])
     chosen = {}
     for target in targets or ["all"]:
@@ -69,11 +71,15 @@ def experiments_of(config: dict, targets: list[str]) -> dict[str, list[str]]:
             chosen.update({e: [e] for e in known if e.startswith(GROUPS[target])})
         elif target == "reproduction":
             chosen.update({e: [e] for e in config["reproduction"]})
+        elif target == "ablation" or target in tables:
+            chosen.update({e: [e] for t in (tables if target == "ablation" else [target])
+                           for e in tables[t]})
         elif name in known:
             chosen[name] = [name]
         else:
             raise ConfigError(f"dmaml plan: unknown target {target!r}; targets are the "
                               f"experiments {known}, their *_wall figures, reproduction, "
+                              f"ablation, the ablation tables {sorted(tables)}, "
                               f"{', '.join(GROUPS)}")
     return chosen
 

@@ -179,6 +179,15 @@ def runs(name):
     return grid.runs(config, name)
 
 
+def ablation_arms(name):
+    """The experiments that are the arms of the ablation table `name` (config `ablation:`)."""
+    if name not in config.get("ablation", {}):
+        raise ValueError(
+            f"config ablation: has no table {name!r}; known: {sorted(config.get('ablation', {}))}"
+        )
+    return config["ablation"][name]
+
+
 def run_dirs(name):
     """Every run folder of an experiment."""
     return [RUN.format(**w) for w in runs(name)]

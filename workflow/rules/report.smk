@@ -85,6 +85,32 @@ rule make_reproduction:
         "python -m dmaml.report.paper {input.tables:q} --paper {input.paper:q} --out {output:q} > {log} 2>&1"
 
 
+rule make_ablation:
+    """An ablation table: each arm's (experiment's) test scores beside the paper's Table 2 with
+    verdicts, and the arms' validation curves (dmaml.report.ablation)."""
+    input:
+        runs=lambda wildcards: [
+            f"{d}/run.json" for arm in ablation_arms(wildcards.name) for d in run_dirs(arm)
+        ],
+        paper=PAPER,
+        code=REPORT_CODE,
+    output:
+        csv=update("results/tables/{name}.csv"),
+        md=report(update("results/tables/{name}.md"), caption="../report/table.rst", category="Ablation"),
+        png=report(update("results/tables/{name}.png"), caption="../report/figure.rst", category="Ablation"),
+    log:
+        "logs/make_ablation/{name}.log",
+    wildcard_constraints:
+        name="ablation[A-Za-z0-9_]*",
+    conda:
+        "../../envs/dmaml.yaml"
+    params:
+        arms=lambda wildcards: [f"{arm}={d}" for arm in ablation_arms(wildcards.name) for d in run_dirs(arm)],
+    shell:
+        "python -m dmaml.report.ablation {params.arms:q} --paper {input.paper:q} --out {output.csv:q} "
+        "--figure {output.png:q} > {log} 2>&1"
+
+
 rule plot_figure:
     """Figures 3-7: validation curves, mean and std over seeds."""
     input:

@@ -14,11 +14,16 @@ import h5py
 import pandas as pd
 import yaml
 
+from dmaml.config import FIELDS
 from dmaml.errors import ReportError
 
 SETTINGS = ["dataset", "ways", "shots", "queries", "workers", "steps_per_run", "tasks_per_step",
             "merge", "alpha", "beta", "outer_reduction", "first_order", "inner_steps",
-            "eval_inner_steps", "steps", "seed", "eval_seed", "test_tasks", "val_tasks"]
+            "eval_inner_steps", "batch_norm", "features", "adam_state", "steps", "seed",
+            "eval_seed", "test_tasks", "val_tasks"]
+# settings newer than some run folders, which ran with their default (docs/design.md, "Choices
+# the paper leaves open")
+LATER = {k: FIELDS[k].default for k in ("batch_norm", "features", "adam_state")}
 # the settings that identify an experiment: every table's CSV and every figure's note name them
 IDENTITY = ["dataset", "ways", "shots", "workers", "steps_per_run", "tasks_per_step"]
 # the paper's symbols for them
@@ -48,7 +53,8 @@ def load_runs(runs: list[str | Path]) -> pd.DataFrame:
         cfg = yaml.safe_load(cfg_file.read_text())
         info_file = run / "run.json"
         info = (yaml.safe_load(info_file.read_text()) or {}) if info_file.exists() else {}
-        rows.append({**{k: cfg.get(k) for k in SETTINGS}, "strategy": strategy(cfg), "run": str(run),
+        rows.append({**{k: cfg.get(k, LATER.get(k)) for k in SETTINGS}, "strategy": strategy(cfg),
+                     "run": str(run),
                      "validation": validation_classes(cfg.get("dataset"), cfg.get("data")),
                      "status": info.get("status", "unknown"), **{k: info.get(k) for k in TIMING},
                      "code": f"dmaml {info.get('dmaml', '?')} (git {info.get('git', '?')})"})
