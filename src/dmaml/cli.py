@@ -2,8 +2,9 @@
 ``plan``, ``status`` and the data-preparation commands registered from their own modules.
 
 Every run setting is a ``--key value`` flag named as in the config file (docs/design.md, "Run
-settings"); flags override the file given with ``--config``. Values are read as YAML, so booleans
-work (``--first_order true``); list settings take ``500,1000``, ``[500,1000]`` or ``500 1000``.
+settings"), with the help text of its field of :class:`dmaml.config.RunConfig`; flags override
+the file given with ``--config``. Values are read as YAML, so booleans work (``--first_order
+true``); list settings take ``500,1000``, ``[500,1000]`` or ``500 1000``.
 Flags may be spelt with ``-`` or ``_``: ``--steps-per-run`` is ``--steps_per_run``.
 """
 
@@ -29,51 +30,6 @@ from dmaml.plan import add_command as add_plan_command
 from dmaml.status import add_command as add_status_command
 
 log = logging.getLogger("dmaml")
-
-HELP = {
-    "dataset": "sine | omniglot | miniimagenet",
-    "data": "HDF5 file of the dataset (classification)",
-    "ways": "N, classes per task",
-    "shots": "k, support examples per class (sine: support points)",
-    "queries": "k', query examples per class (sine: query points)",
-    "workers": "n, DMAML workers",
-    "steps_per_run": "m, consecutive MAML steps each worker makes per run",
-    "tasks_per_step": "t, tasks per MAML step",
-    "steps": "MAML steps of the central model (runs x m)",
-    "merge": "mean | weighted | drop_worst",
-    "merge_temperature": "T of the weighted merge, relative to the spread of the workers' probe "
-                         "scores: weights softmax(-(s - min s) / (T std s))",
-    "merge_drop": "fraction of the workers drop_worst leaves out (those of worst probe score)",
-    "merge_probe_tasks": "training tasks on which weighted and drop_worst score each worker's "
-                         "returned parameters (adapted as at validation)",
-    "worker_schedule": "[[from_step, n], ...]: fewer workers later in training, e.g. "
-                       "[[0,4],[500,2]] or 0,4 500,2 [default: n throughout]",
-    "alpha": "inner (adaptation) learning rate",
-    "beta": "meta learning rate (Adam)",
-    "inner_steps": "adaptation steps in training",
-    "eval_inner_steps": "adaptation steps at validation and test",
-    "first_order": "true: first-order MAML (no gradient through the inner updates)",
-    "outer_reduction": "mean | sum of the task meta-gradients",
-    "batch_norm": "batch (each batch's statistics, always: MAML's) | running (Keras moving "
-                  "statistics, used at validation and test) | frozen (moving statistics never "
-                  "updated: 0 and 1)",
-    "features": "flatten | mean: the last feature map into the dense layer (mean: cbfinn/maml's "
-                "Omniglot model)",
-    "adam_state": "keep (each worker's Adam moments from run to run) | reset (a new Adam each "
-                  "run)",
-    "eval_every": "MAML steps between validations (a metrics.csv row each)",
-    "val_tasks": "validation tasks",
-    "test_tasks": "test tasks at each checkpoint step (0: no testing)",
-    "checkpoint_steps": "steps whose parameters are kept and tested, e.g. 500,1000 or [500,1000] "
-                        "or 500 1000",
-    "checkpoint_every": "MAML steps between resume checkpoints [default: eval_every]",
-    "seed": "seed of initialisation and training tasks",
-    "eval_seed": "seed of the validation and test tasks (same for every run)",
-    "engine": "auto (the fastest here) | sequential | vectorized | processes | cluster",
-    "threads": "TensorFlow intra-op threads (0: all cores)",
-    "on_divergence": "stop | drop: what a non-finite worker does",
-    "tensorboard": "true: TensorBoard scalars in the run folder's tensorboard/",
-}
 
 
 def _value(text: str):
@@ -141,7 +97,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         kind = {"nargs": "+", "type": functools.partial(_list_part, name)} if name in LISTS \
             else {"type": _value}
         _add_flag(group, f"--{name}", **kind, default=None, metavar="V",
-                  help=HELP.get(name, "") + _default(name))
+                  help=FIELDS[name].metadata["help"] + _default(name))
 
 
 def _overrides(args: argparse.Namespace) -> dict:

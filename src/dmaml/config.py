@@ -41,45 +41,84 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def setting(default: Any, help: str, *, minimum: int | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A field of :class:`RunConfig` with what the rest of the project reads from it: its
+    ``help`` (``dmaml train --help``), the ``minimum`` of an integer and the ``choices`` of a
+    text value (both checked by :func:`resolve`, and equal to the workflow schema's:
+    tests/test_config_source.py). A list default is copied for each config."""
+    meta = {"help": help, "minimum": minimum, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RunConfig:
     """Every setting of one DMAML training run. ``None`` means "the dataset's Table 6 value"."""
 
-    dataset: str = "omniglot"
-    data: str | None = None  # HDF5 file for classification datasets
-    ways: int | None = None  # N classes per task
-    shots: int | None = None  # k support examples per class (sine: support points)
-    queries: int | None = None  # k' query examples per class (sine: query points)
-    workers: int = 1  # n
-    steps_per_run: int = 1  # m
-    tasks_per_step: int | None = None  # t
-    steps: int = 10000  # MAML steps of the central model (runs x m)
-    merge: str = "mean"
-    merge_temperature: float = 1.0  # weighted: T, relative to the spread of the probe scores
-    merge_drop: float = 0.25  # drop_worst: fraction of the workers left out (worst probe scores)
-    merge_probe_tasks: int = 16  # weighted, drop_worst: training tasks each worker is scored on
-    worker_schedule: list[list[int]] | None = None  # [[from_step, n], ...], n non-increasing
-    alpha: float | None = None
-    beta: float | None = None
-    inner_steps: int | None = None
-    eval_inner_steps: int | None = None
-    first_order: bool = False
-    outer_reduction: str = "mean"
-    batch_norm: str = "batch"  # batch | running | frozen (the statistics batch norm uses)
-    features: str = "flatten"  # flatten | mean: the last feature map into the dense layer
-    adam_state: str = "keep"  # keep | reset: each worker's Adam moments between runs
-    eval_every: int = 100
-    val_tasks: int = 10
-    test_tasks: int = 600
-    checkpoint_steps: list[int] = field(
-        default_factory=lambda: [500, 1000, 2000, 4000, 8000, 10000])
-    checkpoint_every: int | None = None  # resume checkpoint period; default eval_every
-    seed: int = 0
-    eval_seed: int = 1234  # fixes the validation and test tasks, shared by every run
-    engine: str = "auto"  # the fastest measured here (engines.choose; docs/engines.md)
-    threads: int = 0  # intra-op threads (0: TensorFlow's choice)
-    on_divergence: str = "stop"  # stop | drop (leave a non-finite worker out of the merge)
-    tensorboard: bool = True  # TensorBoard scalars in the run folder's tensorboard/
+    dataset: str = setting("omniglot", "sine | omniglot | miniimagenet", choices=DATASETS)
+    data: str | None = setting(None, "HDF5 file of the dataset (classification)")
+    ways: int | None = setting(None, "N, classes per task", minimum=1)
+    shots: int | None = setting(None, "k, support examples per class (sine: support points)",
+                                minimum=1)
+    queries: int | None = setting(None, "k', query examples per class (sine: query points)",
+                                  minimum=1)
+    workers: int = setting(1, "n, DMAML workers", minimum=1)
+    steps_per_run: int = setting(1, "m, consecutive MAML steps each worker makes per run",
+                                 minimum=1)
+    tasks_per_step: int | None = setting(None, "t, tasks per MAML step", minimum=1)
+    steps: int = setting(10000, "MAML steps of the central model (runs x m)", minimum=1)
+    merge: str = setting("mean", "mean | weighted | drop_worst", choices=MERGES)
+    merge_temperature: float = setting(
+        1.0, "T of the weighted merge, relative to the spread of the workers' probe scores: "
+        "weights softmax(-(s - min s) / (T std s))")
+    merge_drop: float = setting(
+        0.25, "fraction of the workers drop_worst leaves out (those of worst probe score)")
+    merge_probe_tasks: int = setting(
+        16, "training tasks on which weighted and drop_worst score each worker's returned "
+        "parameters (adapted as at validation)", minimum=2)
+    worker_schedule: list[list[int]] | None = setting(
+        None, "[[from_step, n], ...]: fewer workers later in training, e.g. [[0,4],[500,2]] or "
+        "0,4 500,2 [default: n throughout]")
+    alpha: float | None = setting(None, "inner (adaptation) learning rate")
+    beta: float | None = setting(None, "meta learning rate (Adam)")
+    inner_steps: int | None = setting(None, "adaptation steps in training", minimum=0)
+    eval_inner_steps: int | None = setting(None, "adaptation steps at validation and test",
+                                           minimum=0)
+    first_order: bool = setting(
+        False, "true: first-order MAML (no gradient through the inner updates)")
+    outer_reduction: str = setting("mean", "mean | sum of the task meta-gradients",
+                                   choices=REDUCTIONS)
+    # the choices the paper leaves open (docs/design.md); the first of each is the default
+    batch_norm: str = setting(
+        "batch", "batch (each batch's statistics, always: MAML's) | running (Keras moving "
+        "statistics, used at validation and test) | frozen (moving statistics never updated: "
+        "0 and 1)", choices=BATCH_NORMS)
+    features: str = setting(
+        "flatten", "flatten | mean: the last feature map into the dense layer (mean: "
+        "cbfinn/maml's Omniglot model)", choices=FEATURES)
+    adam_state: str = setting(
+        "keep", "keep (each worker's Adam moments from run to run) | reset (a new Adam each "
+        "run)", choices=ADAM_STATES)
+    eval_every: int = setting(100, "MAML steps between validations (a metrics.csv row each)",
+                              minimum=1)
+    val_tasks: int = setting(10, "validation tasks", minimum=1)
+    test_tasks: int = setting(600, "test tasks at each checkpoint step (0: no testing)",
+                              minimum=0)
+    checkpoint_steps: list[int] = setting(
+        [500, 1000, 2000, 4000, 8000, 10000], "steps whose parameters are kept and tested, e.g. "
+        "500,1000 or [500,1000] or 500 1000")
+    checkpoint_every: int | None = setting(
+        None, "MAML steps between resume checkpoints [default: eval_every]", minimum=1)
+    seed: int = setting(0, "seed of initialisation and training tasks")
+    eval_seed: int = setting(1234, "seed of the validation and test tasks (same for every run)")
+    engine: str = setting("auto", "auto (the fastest here: engines.choose, docs/engines.md) | "
+                          "sequential | vectorized | processes | cluster", choices=ENGINE_CHOICES)
+    threads: int = setting(0, "TensorFlow intra-op threads (0: all cores)", minimum=0)
+    on_divergence: str = setting("stop", "stop | drop (leave a non-finite worker out of the "
+                                 "merge): what a non-finite worker does", choices=DIVERGENCE)
+    tensorboard: bool = setting(True, "true: TensorBoard scalars in the run folder's tensorboard/")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,15 +163,13 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 def _check(c: RunConfig) -> None:
-    for key in ("ways", "shots", "queries", "workers", "steps_per_run", "tasks_per_step",
-                "steps", "eval_every", "val_tasks", "checkpoint_every"):
-        value = getattr(c, key)
-        _require(isinstance(value, int) and value >= 1, key,
-                 f"must be an integer >= 1, got {value!r}")
-    for key in ("inner_steps", "eval_inner_steps", "test_tasks", "threads"):
-        value = getattr(c, key)
-        _require(isinstance(value, int) and value >= 0, key,
-                 f"must be an integer >= 0, got {value!r}")
+    for key, f in FIELDS.items():
+        value, minimum, choices = getattr(c, key), f.metadata["minimum"], f.metadata["choices"]
+        if minimum is not None and key != "merge_probe_tasks":  # its own message, below
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                     key, f"must be an integer >= {minimum}, got {value!r}")
+        if choices is not None:
+            _require(value in choices, key, f"choose one of {choices}, got {value!r}")
     for key in ("alpha", "beta", "merge_temperature"):
         value = getattr(c, key)
         _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key,
@@ -148,16 +185,6 @@ def _check(c: RunConfig) -> None:
     for key in ("first_order", "tensorboard"):
         _require(isinstance(getattr(c, key), bool), key,
                  f"must be true or false, got {getattr(c, key)!r}")
-    _require(c.merge in MERGES, "merge", f"choose one of {MERGES}, got {c.merge!r}")
-    _require(c.engine in ENGINE_CHOICES, "engine", f"choose one of {ENGINE_CHOICES}, got {c.engine!r}")
-    _require(c.outer_reduction in REDUCTIONS, "outer_reduction",
-             f"choose one of {REDUCTIONS}, got {c.outer_reduction!r}")
-    _require(c.on_divergence in DIVERGENCE, "on_divergence",
-             f"choose one of {DIVERGENCE}, got {c.on_divergence!r}")
-    for key, choices in (("batch_norm", BATCH_NORMS), ("features", FEATURES),
-                         ("adam_state", ADAM_STATES)):
-        _require(getattr(c, key) in choices, key,
-                 f"choose one of {choices}, got {getattr(c, key)!r}")
     m = c.steps_per_run
     _require(c.steps % m == 0, "steps", f"{c.steps} is not a multiple of steps_per_run={m}")
     _require(c.eval_every % m == 0, "eval_every",
