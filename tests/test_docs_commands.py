@@ -67,3 +67,18 @@ def test_each_snakemake_command_of_the_docs_dry_runs(tmp_path):
         if done.returncode != 0 or "Job stats:" not in done.stdout:
             failed.append(f"{doc}: snakemake {shlex.join(args)}\n{done.stderr[-1500:]}")
     assert not failed, "\n\n".join(failed)
+
+
+@pytest.mark.slow  # a training of 200 steps (35 s on a loaded machine)
+def test_the_readme_python_example_runs(tmp_path):
+    """README's "From Python" block, run as written in a fresh process (sine: seconds)."""
+    import subprocess
+    import sys
+
+    block = re.search(r"^## From Python\n+```python\n(.*?)^```", (ROOT / "README.md").read_text(),
+                      re.S | re.M).group(1)
+    done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mse" in done.stdout and (tmp_path / "runs/sine-n4/test.csv").is_file()
+    assert "step 200/200" in done.stderr  # progress lines without any logging set up
