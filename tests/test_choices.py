@@ -201,8 +201,21 @@ def test_bad_choices_are_one_line_errors(key, value, message):
 
 
 def test_the_sine_mlp_refuses_batch_norm_choices():
-    with pytest.raises(ConfigError, match="batch_norm: the sine MLP has no"):
-        config.load(None, {"dataset": "sine", "batch_norm": "frozen"})
+    for key, value in (("batch_norm", "frozen"), ("pixels", "raw")):
+        with pytest.raises(ConfigError, match=f"{key}: sine tasks have no images"):
+            config.load(None, {"dataset": "sine", key: value})
+
+
+def test_pixels_are_the_stored_images_scaled_inverted_or_raw(synthetic_h5):
+    from dmaml.tasks import FewShotSampler
+
+    draws = {p: FewShotSampler(str(synthetic_h5), "train", 3, 1, 1, p).sample(
+        np.random.default_rng(0)) for p in ("unit", "inverted", "raw")}
+    unit, inverted, raw = (draws[p][0] for p in ("unit", "inverted", "raw"))
+    assert unit.dtype == np.float32 and unit.min() >= 0 and unit.max() <= 1
+    np.testing.assert_array_equal(raw, np.round(unit * 255))
+    np.testing.assert_allclose(inverted, 1 - unit)
+    np.testing.assert_array_equal(draws["unit"][1], draws["raw"][1])
 
 
 def hand_made_run(folder, seed: int, scores: dict[int, float], **settings) -> str:

@@ -29,6 +29,7 @@ DIVERGENCE = ("stop", "drop")
 BATCH_NORMS = ("batch", "running", "frozen")
 FEATURES = ("flatten", "mean")
 ADAM_STATES = ("keep", "reset")
+PIXELS = ("unit", "inverted", "raw")
 
 # The paper's Table 6 (appendix B), per dataset. Keys not listed fall back to the field default.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -101,6 +102,9 @@ class RunConfig:
     adam_state: str = setting(
         "keep", "keep (each worker's Adam moments from run to run) | reset (a new Adam each "
         "run)", choices=ADAM_STATES)
+    pixels: str = setting(
+        "unit", "unit (in [0, 1], as stored) | inverted (1 minus that: strokes 1) | raw (0-255): "
+        "the images the model sees", choices=PIXELS)
     eval_every: int = setting(100, "MAML steps between validations (a metrics.csv row each)",
                               minimum=1)
     val_tasks: int = setting(10, "validation tasks", minimum=1)
@@ -198,9 +202,10 @@ def _check(c: RunConfig) -> None:
                  f"{s!r} must be a positive multiple of steps_per_run={m}")
     if c.dataset == "sine":
         _require(c.ways == 1, "ways", "sine regression has ways = 1")
-        for key, ours in (("batch_norm", "batch"), ("features", "flatten")):
+        for key, ours in (("batch_norm", "batch"), ("features", "flatten"), ("pixels", "unit")):
             _require(getattr(c, key) == ours, key,
-                     f"the sine MLP has no convolutions nor batch norm: leave it at {ours!r}")
+                     f"sine tasks have no images, and their MLP no batch norm: leave it at "
+                     f"{ours!r}")
     elif not c.data:
         raise ConfigError(f"data: set the HDF5 file of the {c.dataset} dataset")
     if c.worker_schedule is not None:

@@ -82,11 +82,14 @@ class FewShotSampler:
 
     The split is loaded into memory once (uint8); each task draws ``ways`` classes without
     replacement, then ``shots + queries`` distinct images of each. Labels 0..N-1 follow the random
-    class order, so a label carries no information across tasks. Images are float32 in [0, 1].
+    class order, so a label carries no information across tasks. Images are float32: ``pixels``
+    ``unit`` in [0, 1] as stored (background 1), ``inverted`` 1 minus that (strokes 1, as
+    cbfinn/maml reads Omniglot) or ``raw`` 0-255 (a pipeline that never scales them).
     """
 
-    def __init__(self, path: str, split: str, ways: int, shots: int, queries: int):
-        self.path, self.split = path, split
+    def __init__(self, path: str, split: str, ways: int, shots: int, queries: int,
+                 pixels: str = "unit"):
+        self.path, self.split, self.pixels = path, split, pixels
         self.ways, self.shots, self.queries = ways, shots, queries
         data = read_split(path, split)
         self.images, self.offsets, self.class_names = data.images, data.offsets, data.class_names
@@ -101,11 +104,15 @@ class FewShotSampler:
         labels = np.arange(self.ways, dtype=np.int32)
         support = index[:, :self.shots].reshape(-1)
         query = index[:, self.shots:].reshape(-1)
-        scale = np.float32(1 / 255)
-        return (self.images[support].astype(np.float32) * scale,
-                np.repeat(labels, self.shots),
-                self.images[query].astype(np.float32) * scale,
-                np.repeat(labels, self.queries))
+        return (self.scaled(self.images[support]), np.repeat(labels, self.shots),
+                self.scaled(self.images[query]), np.repeat(labels, self.queries))
+
+    def scaled(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images as the model's float32 input (``pixels``)."""
+        if self.pixels == "raw":
+            return images.astype(np.float32)
+        unit = images.astype(np.float32) * np.float32(1 / 255)
+        return np.float32(1) - unit if self.pixels == "inverted" else unit
 
     def sample_batch(self, rng: np.random.Generator, n: int) -> Task:
         return sample_batch(self, rng, n)
@@ -132,4 +139,4 @@ def make_sampler(cfg, split: str = "train", shots: int | None = None) -> Sampler
     shots = cfg.shots if shots is None else shots
     if cfg.dataset == "sine":
         return SineSampler(shots, cfg.queries)
-    return FewShotSampler(cfg.data, split, cfg.ways, shots, cfg.queries)
+    return FewShotSampler(cfg.data, split, cfg.ways, shots, cfg.queries, cfg.pixels)

@@ -19,11 +19,11 @@ from dmaml.errors import ReportError
 
 SETTINGS = ["dataset", "ways", "shots", "queries", "workers", "steps_per_run", "tasks_per_step",
             "merge", "alpha", "beta", "outer_reduction", "first_order", "inner_steps",
-            "eval_inner_steps", "batch_norm", "features", "adam_state", "steps", "seed",
+            "eval_inner_steps", "batch_norm", "features", "adam_state", "pixels", "steps", "seed",
             "eval_seed", "test_tasks", "val_tasks"]
 # settings newer than some run folders, which ran with their default (docs/design.md, "Choices
 # the paper leaves open")
-LATER = {k: FIELDS[k].default for k in ("batch_norm", "features", "adam_state")}
+LATER = {k: FIELDS[k].default for k in ("batch_norm", "features", "adam_state", "pixels")}
 # the settings that identify an experiment: every table's CSV and every figure's note name them
 IDENTITY = ["dataset", "ways", "shots", "workers", "steps_per_run", "tasks_per_step"]
 # the paper's symbols for them

@@ -35,7 +35,7 @@ from dmaml.report.paper import RULE, compare, load_paper  # noqa: E402
 from dmaml.report.tables import SEED_SCORES, cell, checkpoint_table  # noqa: E402
 
 # the settings an arm may change (docs/design.md, "Choices the paper leaves open")
-CHOICES = ["alpha", "beta", "first_order", "batch_norm", "features", "adam_state",
+CHOICES = ["alpha", "beta", "first_order", "batch_norm", "features", "adam_state", "pixels",
            "outer_reduction", "inner_steps", "eval_inner_steps"]
 PAPER_T = 32  # the paper's tasks per MAML step in Table 2
 PAPER_TABLE = "table2"
