@@ -3,7 +3,7 @@
 #   snakemake --cores 2 table2 fig3 --configfile presets/quick.yaml   (minutes, small grid)
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.27")
 
 
 configfile: "config.yaml"

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from dmaml import bench_measure, config, models, optimizer
+from dmaml import config, models, optimizer
+from dmaml.costs import bench_measure
 from dmaml.engines import create
 from dmaml.tasks import INIT, TRAIN, make_sampler, sample_batch, task_rng
 

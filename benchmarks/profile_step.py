@@ -42,7 +42,7 @@ def main() -> None:
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     from dmaml import config, models, optimizer
-    from dmaml.bench_measure import WORKLOADS, make_data
+    from dmaml.costs.bench_measure import WORKLOADS, make_data
     from dmaml.engines import create, set_threads
     from dmaml.tasks import INIT, task_rng
 

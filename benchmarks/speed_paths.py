@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmaml.bench_measure import LOCAL_ENGINES
+from dmaml.costs.bench_measure import LOCAL_ENGINES
 
 # The paper grid's settings (config.yaml's defaults per dataset, the tables' ways and shots).
 WORKLOADS = {
@@ -81,7 +81,7 @@ def main() -> None:
     paths = args.paths.split(",")
 
     from dmaml import config
-    from dmaml.bench_measure import make_data
+    from dmaml.costs.bench_measure import make_data
 
     print(f"| workload | order | n | {' | '.join(f'{p} s/step (vs {paths[0]})' for p in paths)} |")
     print("|---|---|---|" + "---|" * len(paths))

@@ -1,5 +1,5 @@
-"""Tests of dmaml.bench, dmaml.bench_measure and dmaml.flops: the FLOP count of a MAML step, the
-matmul peak, the compiled-step figure and the table's peak quote. No timing is
+"""Tests of dmaml.costs.bench, dmaml.costs.bench_measure and dmaml.costs.flops: the FLOP count
+of a MAML step, the matmul peak, the compiled-step figure and the table's peak quote. No timing is
 asserted (the machine is shared)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from dmaml import bench, bench_measure, config, flops, models
+from dmaml import config, models
+from dmaml.costs import bench, bench_measure, flops
 
 # The ops whose FLOPs the count covers: convolutions and matmuls, forward and both gradients.
 PRODUCTS = {"MatMul", "BatchMatMulV2", "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"}

@@ -339,10 +339,11 @@ def test_one_setting_shows_one_value_in_every_table(seeded_runs):
     must be given all its seeds: the workflow's grid gives each table and figure every seed the
     configuration trains in a run folder it uses. In the quick preset Table 7's n = 1 reference
     and its mean n = 4 runs (Figure 7 asks for seed 0) are Table 2's, with Table 2's seeds."""
-    from dmaml import grid, plan_runs
+    from dmaml import grid
+    from dmaml.costs import runs
     from dmaml.report import tables
 
-    cfg = plan_runs.load_config(ROOT, [ROOT / "presets" / "quick.yaml"])
+    cfg = runs.load_config(ROOT, [ROOT / "presets" / "quick.yaml"])
     seeds = {}
     for name in ("table2", "table7", "fig7"):
         for w in grid.runs(cfg, name):

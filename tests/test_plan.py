@@ -1,6 +1,6 @@
-"""Tests of dmaml.plan and its plan_* modules: the runs it plans are those the workflow trains,
-its cost arithmetic, the measured-costs cache and its errors. No timing is asserted
-(the machine is shared)."""
+"""Tests of dmaml.costs.plan and the modules behind it (runs, measured, from_bench): the runs it
+plans are those the workflow trains, its cost arithmetic, the measured-costs cache and its errors.
+No timing is asserted (the machine is shared)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from dmaml import cli, flops, plan, plan_from_bench, plan_measure, plan_runs
+from dmaml import cli
+from dmaml.costs import flops, from_bench, measured, plan, runs
 
 from .conftest import ROOT
 from .test_workflow import copy_workflow, planned, snakemake
@@ -21,10 +22,10 @@ QUICK = [ROOT / "presets" / "quick.yaml"]
 def fixed_costs(config: dict, targets: list[str], cores: int, **cost) -> dict[str, dict]:
     """The same costs for every workload of the targets' runs."""
     costs = {'"startup"': dict(workload="startup", seconds=2.0)}
-    for experiments in plan_runs.experiments_of(config, targets).values():
+    for experiments in runs.experiments_of(config, targets).values():
         for e in experiments:
-            for run in plan_runs.runs_of(config, e, cores):
-                key = plan_runs.workload(run)
+            for run in runs.runs_of(config, e, cores):
+                key = runs.workload(run)
                 costs[json.dumps(key, sort_keys=True)] = dict(workload=key, **cost)
     return costs
 
@@ -34,7 +35,7 @@ def test_runs_and_steps_are_what_the_workflow_trains(tmp_path, targets):
     flow = copy_workflow(tmp_path / "flow")
     dry = snakemake(flow, "-n", "-p", *targets, "--configfile", "presets/quick.yaml")
     commands = [line for line in dry.stdout.splitlines() if "dmaml.cli train" in line]
-    config = plan_runs.load_config(flow, [flow / "presets" / "quick.yaml"])
+    config = runs.load_config(flow, [flow / "presets" / "quick.yaml"])
     total = plan.plan(config, targets, 2, fixed_costs(config, targets, 2, step_s=0.1,
                       compile_s=1.0, task_s=0.01, eval_compile_s=1.0))[-1]
     assert total.target == "total"
@@ -43,7 +44,7 @@ def test_runs_and_steps_are_what_the_workflow_trains(tmp_path, targets):
 
 
 def test_cost_arithmetic_of_the_quick_preset():
-    config = plan_runs.load_config(ROOT, QUICK)
+    config = runs.load_config(ROOT, QUICK)
     costs = fixed_costs(config, ["table2"], 2, step_s=0.1, compile_s=10.0, task_s=0.01,
                         eval_compile_s=5.0)
     rows = plan.plan(config, ["table2", "fig3"], 2, costs)
@@ -66,9 +67,9 @@ def test_wall_time_packs_jobs_onto_the_cores():
 
 
 def test_costs_from_a_bench_file(tmp_path):
-    config = plan_runs.load_config(ROOT, QUICK)
-    runs = plan_runs.runs_of(config, "table2", 4)
-    keys = [plan_runs.workload(r) for r in runs]
+    config = runs.load_config(ROOT, QUICK)
+    table2 = runs.runs_of(config, "table2", 4)
+    keys = [runs.workload(r) for r in table2]
     path = tmp_path / "bench.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [
         {"kind": "matmul_peak", "gflops": 199.0, "cores": 2},
@@ -77,32 +78,32 @@ def test_costs_from_a_bench_file(tmp_path):
         dict(workload="omniglot-5w1s", order="second", n=4, engine="vectorized", median_s=0.8,
              first_run_s=12.8),
     ]) + "\n")
-    costs = plan_from_bench.bench_costs(keys, path)
-    one = costs[json.dumps(plan_runs.workload(runs[0]), sort_keys=True)]
+    costs = from_bench.bench_costs(keys, path)
+    one = costs[json.dumps(runs.workload(table2[0]), sort_keys=True)]
     # 0.32 s on 2 cores for 1 worker x 32 tasks: 0.02 core-s a task; the run's t = 8 tasks of
     # 1 worker on 1 thread
     assert one["step_s"] == pytest.approx(0.16) and one["compile_s"] == pytest.approx(10.0)
     assert 0 < one["task_s"] < 0.02  # an evaluated task does less than a trained one
     def step_s(n):
-        return costs[json.dumps(next(plan_runs.workload(r) for r in runs if r.cfg.workers == n),
+        return costs[json.dumps(next(runs.workload(r) for r in table2 if r.cfg.workers == n),
                                 sort_keys=True)]["step_s"]
 
     assert step_s(2) == pytest.approx(0.02 * 2 * 8 / 2)  # from the nearest n, 1; 2 threads
     assert step_s(4) == pytest.approx(0.8 * 2 / (4 * 32) * 4 * 8 / 4)
     # Table 3's 5-shot tasks: the 1-shot record's seconds per FLOP
-    five = plan_runs.runs_of(config, "table3", 4)[0]
-    key = plan_runs.workload(five)
-    cost = plan_from_bench.bench_costs([key], path)[json.dumps(key, sort_keys=True)]
-    ratio = flops.flops_per_step(five.cfg) / flops.flops_per_step(runs[0].cfg)
+    five = runs.runs_of(config, "table3", 4)[0]
+    key = runs.workload(five)
+    cost = from_bench.bench_costs([key], path)[json.dumps(key, sort_keys=True)]
+    ratio = flops.flops_per_step(five.cfg) / flops.flops_per_step(table2[0].cfg)
     assert cost["step_s"] == pytest.approx(0.16 * ratio)
 
 
 def test_a_second_plan_reads_the_cache(tmp_path, capsys):
     cache = tmp_path / "costs.jsonl"
-    config = plan_runs.load_config(ROOT, QUICK)
+    config = runs.load_config(ROOT, QUICK)
     costs = fixed_costs(config, ["table2"], 2, step_s=0.1, compile_s=1.0, task_s=0.01,
                         eval_compile_s=1.0)
-    cache.write_text("".join(json.dumps(dict(c, machine=plan_measure.machine())) + "\n"
+    cache.write_text("".join(json.dumps(dict(c, machine=measured.machine())) + "\n"
                              for c in costs.values()))
     before = cache.read_text()
     assert cli.main(["plan", "table2", "--directory", str(ROOT), "--cores", "2", "--cache",
@@ -113,10 +114,10 @@ def test_a_second_plan_reads_the_cache(tmp_path, capsys):
 
 @pytest.mark.slow  # compiles and times MAML steps in a fresh process
 def test_costs_measured_on_the_spot(tmp_path):
-    config = plan_runs.load_config(ROOT, [])
-    run = plan_runs.runs_of(config, "table1", 1)[0]
-    costs = plan_measure.measured_costs([plan_runs.workload(run)], tmp_path / "costs.jsonl")
-    cost = costs[json.dumps(plan_runs.workload(run), sort_keys=True)]
+    config = runs.load_config(ROOT, [])
+    run = runs.runs_of(config, "table1", 1)[0]
+    costs = measured.measured_costs([runs.workload(run)], tmp_path / "costs.jsonl")
+    cost = costs[json.dumps(runs.workload(run), sort_keys=True)]
     assert cost["step_s"] > 0 and cost["task_s"] > 0 and costs['"startup"']["seconds"] > 0
     assert len((tmp_path / "costs.jsonl").read_text().splitlines()) == 2
 
@@ -171,16 +172,16 @@ def test_yaml_and_key_errors_name_the_file_and_line(tmp_path, caplog):
 def test_a_first_plan_measures_one_workload_and_scales_the_shipped_benchmark(tmp_path, caplog):
     """The quick preset's Table 2 (omniglot 5-way 1-shot, measured by the shipped benchmark):
     one workload measured here with progress, the others from the benchmark scaled to it."""
-    config = plan_runs.load_config(ROOT, QUICK)
-    keys = list({json.dumps(plan_runs.workload(r), sort_keys=True): plan_runs.workload(r)
-                 for r in plan_runs.runs_of(config, "table2", 2)}.values())
+    config = runs.load_config(ROOT, QUICK)
+    keys = list({json.dumps(runs.workload(r), sort_keys=True): runs.workload(r)
+                 for r in runs.runs_of(config, "table2", 2)}.values())
     cache = tmp_path / "costs.jsonl"
     with caplog.at_level(logging.INFO, logger="dmaml"):
-        costs = plan_measure.measured_costs(keys, cache, ROOT)
+        costs = measured.measured_costs(keys, cache, ROOT)
     assert "measuring workload 1 of 1 on this machine (omniglot 5-way 1-shot, t=8" in caplog.text
     records = [json.loads(line) for line in cache.read_text().splitlines()]
     sources = [r.get("source") for r in records if r["workload"] != "startup"]
     assert sources.count("measured here") == 1 and len(sources) == len(keys) > 1
     assert all(s.startswith("benchmarks/bench-") for s in sources if s != "measured here")
     assert all(costs[json.dumps(k, sort_keys=True)]["step_s"] > 0 for k in keys)
-    assert plan_measure.measured_costs(keys, cache, ROOT) == costs  # a second plan: nothing measured
+    assert measured.measured_costs(keys, cache, ROOT) == costs  # a second plan: nothing measured

@@ -4,6 +4,7 @@ license and cite it."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -44,9 +45,14 @@ def test_no_reference_to_a_document_outside_the_repository():
     assert not missing, "references to documents not in the repository:\n" + "\n".join(missing)
 
 
+def project() -> dict:
+    """pyproject.toml's [project] table."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def project_field(name: str) -> str:
-    """A string field of pyproject.toml's [project] table (tomllib is not in Python 3.10)."""
-    return re.search(rf'^{name} = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
+    """A string field of pyproject.toml's [project] table."""
+    return project()[name]
 
 
 def test_license_matches_pyproject():
@@ -64,3 +70,25 @@ def test_citation_names_this_software_and_the_paper():
     assert [a["family-names"] for a in paper["authors"]] == ["Bollenbacher", "Soulier", "Rhein",
                                                              "Wiskott"]
     assert "preferred-citation" not in cff  # an independent reproduction, not the authors' code
+
+
+def requirement_name(requirement: str) -> str:
+    """The distribution a requirement names, normalised as pip compares names (PEP 503: case, and
+    runs of ``-``, ``_`` and ``.``, do not count): ``ray[default]==2.60.0`` -> ``ray``."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)[1]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_conda_environment_names_the_dependencies_of_pyproject():
+    """Every rule names envs/dmaml.yaml for `--software-deployment-method conda`, a route the suite
+    never runs: its pip list names exactly the packages of [project.dependencies] and the
+    `workflow` extra, and its Python satisfies requires-python."""
+    wanted = project()["dependencies"] + project()["optional-dependencies"]["workflow"]
+    env = yaml.safe_load((ROOT / "envs" / "dmaml.yaml").read_text())
+    (pip,) = [entry["pip"] for entry in env["dependencies"] if isinstance(entry, dict)]
+    named = {requirement_name(r) for r in pip}
+    assert {requirement_name(r) for r in wanted} == named
+    (python,) = [entry for entry in env["dependencies"] if str(entry).startswith("python=")]
+    minimum = project()["requires-python"].removeprefix(">=")
+    version = python.removeprefix("python=")
+    assert tuple(map(int, version.split("."))) >= tuple(map(int, minimum.split(".")))

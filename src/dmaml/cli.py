@@ -22,11 +22,11 @@ from pathlib import Path
 import yaml
 
 from dmaml import __version__, atomic, run_folder, run_lock
-from dmaml.bench import add_command as add_bench_command
 from dmaml.config import DATASET_DEFAULTS, DATASETS, FIELDS
+from dmaml.costs.bench import add_command as add_bench_command
+from dmaml.costs.plan import add_command as add_plan_command
 from dmaml.data.cli import add_commands as add_data_commands
 from dmaml.errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from dmaml.plan import add_command as add_plan_command
 from dmaml.status import add_command as add_status_command
 
 log = logging.getLogger("dmaml")

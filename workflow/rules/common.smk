@@ -92,20 +92,15 @@ RUN = f"results/runs/{RUN_ID}"
 FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split", "fig7": "merge"}
 SRC = Path(workflow.basedir, "src", "dmaml")
 # Modules that cannot change a run's numbers, so editing them re-runs no training: the command
-# line, benchmarks and the plan, the grid expansion (a run's settings reach it as flags), run
-# monitoring, progress reports and the run folder's lock, provenance and error texts, data
-# preparation (its output, the HDF5 file, is an input of its own) and the report. Any other module
-# (a new one too) is training code.
+# line, the grid expansion (a run's settings reach it as flags), run monitoring, progress reports
+# and the run folder's lock, provenance and error texts, data preparation (its output, the HDF5
+# file, is an input of its own), and the whole folders of the report and of the costs (`dmaml
+# plan`, `dmaml bench`: a new module there never counts). Any other module (a new one too) is
+# training code.
+NOT_TRAINING_FOLDERS = {"report", "costs"}
 NOT_TRAINING_CODE = {
     "cli.py",
-    "bench.py",
-    "bench_measure.py",
-    "flops.py",
     "grid.py",
-    "plan.py",
-    "plan_runs.py",
-    "plan_measure.py",
-    "plan_from_bench.py",
     "progress.py",
     "status.py",
     "run_lock.py",
@@ -119,7 +114,8 @@ NOT_TRAINING_CODE = {
 TRAINING_MODULES = sorted(
     p
     for p in SRC.rglob("*.py")
-    if "report" not in p.parts and p.relative_to(SRC).as_posix() not in NOT_TRAINING_CODE
+    if p.relative_to(SRC).parts[0] not in NOT_TRAINING_FOLDERS
+    and p.relative_to(SRC).as_posix() not in NOT_TRAINING_CODE
 )
 
 

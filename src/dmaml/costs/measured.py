@@ -1,16 +1,16 @@
 """Costs of ``dmaml plan``'s workloads measured on this machine, cached.
 
 A run's estimate is measured, not guessed. Per distinct workload
-(:func:`dmaml.plan_runs.workload`: dataset, ways, shots, queries, inner steps, order, t, n,
+(:func:`dmaml.costs.runs.workload`: dataset, ways, shots, queries, inner steps, order, t, n,
 engine and the threads Snakemake gives the job) one fresh process makes a few compiled MAML steps
 on synthetic data of the real shapes (``dmaml bench``'s measurement,
-:func:`dmaml.bench_measure.measure`: seconds per step as training sees them) and evaluates a few
+:func:`dmaml.costs.bench_measure.measure`: seconds per step as training sees them) and evaluates a few
 validation tasks; the first step's and the first evaluation's extra seconds are its compilation,
 counted once per run (twice for evaluation with tests: the validation and the test batches
 compile apart). Workers beyond the threads are measured at n = threads and scaled linearly. A
 first plan measures few of them (about half a minute each, with a line of progress each): the
 workloads of a dataset and order that the benchmarks shipped in ``benchmarks/`` (of the machine
-nearest in cores) measured take their costs from them (:mod:`dmaml.plan_from_bench`), scaled by
+nearest in cores) measured take their costs from them (:mod:`dmaml.costs.from_bench`), scaled by
 the ratio of one such workload measured here to its benchmark estimate; ``--measure`` measures
 every workload. Costs are cached (``--cache``, keyed by processor and cores), so a second plan is
 instant.
@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from dmaml import bench_measure, provenance
-from dmaml.plan_from_bench import bench_cores, benched, cost_from_bench, shipped_bench
+from dmaml import provenance
+from dmaml.costs import bench_measure, fresh_process
+from dmaml.costs.from_bench import bench_cores, benched, cost_from_bench, shipped_bench
 
 log = logging.getLogger("dmaml")
 
@@ -43,7 +44,7 @@ def machine() -> str:
 
 def measure_one(spec: dict) -> dict:
     """In this (fresh) process: seconds per MAML step, its compilation, and seconds per
-    evaluated task of one workload (``spec``: :func:`dmaml.plan_runs.workload` and synthetic
+    evaluated task of one workload (``spec``: :func:`dmaml.costs.runs.workload` and synthetic
     ``data`` files)."""
     from dmaml import config, models
     from dmaml.engines import set_threads
@@ -80,8 +81,6 @@ def startup_s() -> float:
 def measure_workloads(keys: list[dict | None], data: dict, here: str, out) -> list[dict]:
     """Measure each workload of ``keys`` (None: the start-up) in a fresh process, saying how far
     it is; each record is appended to the open cache file ``out``."""
-    import subprocess
-
     records = []
     workloads = [k for k in keys if k is not None]
     for key in keys:
@@ -94,13 +93,11 @@ def measure_workloads(keys: list[dict | None], data: dict, here: str, out) -> li
                      len(workloads), key["dataset"],
                      key["ways"], key["shots"], key["tasks_per_step"], key["workers"],
                      "first" if key["first_order"] else "second")
-            done = subprocess.run([sys.executable, "-m", "dmaml.plan_measure", "--one",
-                                   json.dumps(dict(workload=key, data=data))],
-                                  capture_output=True, text=True)
-            lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
-            if done.returncode or not lines:
-                raise RuntimeError(f"measuring {key} failed:\n{done.stderr[-2000:]}")
-            record = dict(json.loads(lines[-1]), source="measured here")
+            try:
+                record = fresh_process.run("dmaml.costs.measured", dict(workload=key, data=data))
+            except fresh_process.Failed as e:
+                raise RuntimeError(f"measuring {key} failed:\n{e.stderr[-2000:]}") from None
+            record = dict(record, source="measured here")
         record["machine"] = here
         out.write(json.dumps(record) + "\n")
         out.flush()
@@ -165,5 +162,4 @@ def measured_costs(keys: list[dict], cache: Path, folder: Path | None = None,
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(measure_one(json.loads(sys.argv[2]))), flush=True)
+    fresh_process.answer(measure_one)

@@ -1,10 +1,10 @@
 """Costs of ``dmaml plan``'s workloads from ``dmaml bench --out`` JSON-lines files: the file
 ``--costs`` names, or the benchmarks shipped in ``benchmarks/`` (:func:`shipped_bench`), which a
-first plan scales to this machine (:mod:`dmaml.plan_measure`).
+first plan scales to this machine (:mod:`dmaml.costs.measured`).
 
 A workload's cost is taken from the record of the same dataset and order (of the same task shape
-and engine where measured) nearest in n: its core-seconds per FLOP (:mod:`dmaml.flops`) times the
-workload's FLOPs over the job's threads, for a MAML step as for an evaluated task; its
+and engine where measured) nearest in n: its core-seconds per FLOP (:mod:`dmaml.costs.flops`)
+times the workload's FLOPs over the job's threads, for a MAML step as for an evaluated task; its
 compilation is the record's first run beyond the median.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dmaml.bench_measure import WORKLOADS
+from dmaml.costs.bench_measure import WORKLOADS
+from dmaml.costs.flops import eval_flops, flops_per_step
 from dmaml.errors import ConfigError
-from dmaml.flops import eval_flops, flops_per_step
 
 
 def _read(path: Path) -> list[dict]:
@@ -98,8 +98,8 @@ def cost_from_bench(key: dict, records: list[dict], cores: int) -> dict | None:
 
 def bench_costs(keys: list[dict], path: Path) -> dict[str, dict]:
     """Costs of each workload from a ``dmaml bench`` JSON-lines file (:func:`cost_from_bench`:
-    :func:`dmaml.flops.flops_per_step` for a MAML step, :func:`dmaml.flops.eval_flops` for an
-    evaluated task)."""
+    :func:`dmaml.costs.flops.flops_per_step` for a MAML step, :func:`dmaml.costs.flops.eval_flops`
+    for an evaluated task)."""
     records = _read(path)
     startup = next((r["seconds"] for r in records if r.get("workload") == "startup"), 5.0)
     cores = bench_cores(records)

@@ -1,7 +1,7 @@
 """``dmaml bench``: how fast each engine makes MAML steps on the standard workloads.
 
 Every selected (workload, engine, n, order) is measured in a fresh process
-(:mod:`dmaml.bench_measure`: what is timed and recorded); the sequential engine, a
+(:mod:`dmaml.costs.bench_measure`: what is timed and recorded); the sequential engine, a
 ``tf.function`` looping over tasks in Python, is the straightforward baseline every figure is
 compared with, measured in the same invocation; so is this machine's float32 matmul peak, before
 and after. Printed: the records as JSON lines (also written to ``--out``: the file ``dmaml plan
@@ -15,28 +15,26 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from dmaml.bench_measure import LOCAL_ENGINES, PEAK_SIZES, WORKLOADS, make_data
+from dmaml.costs import fresh_process
+from dmaml.costs.bench_measure import LOCAL_ENGINES, PEAK_SIZES, WORKLOADS, make_data
 
 # the worker counts measured by default per workload (the others: (1, 4, 16))
 WORKERS = {"sine": (1, 4, 16, 64)}
 
 
 def _child(spec: dict, timeout: float) -> dict:
-    """Run ``spec`` in a fresh Python process and return its record."""
-    command = [sys.executable, "-m", "dmaml.bench_measure", "--one", json.dumps(spec)]
+    """Run ``spec`` in a fresh Python process and return its record (a failure's, when it times
+    out or fails)."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        return fresh_process.run("dmaml.costs.bench_measure", spec, timeout)
     except subprocess.TimeoutExpired:
         return dict(spec, data=None, skipped=f"timed out after {timeout:.0f} s")
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        tail = "\n".join(done.stderr.splitlines()[-15:])
-        return dict(spec, data=None, error=f"exit code {done.returncode}: {tail}")
-    return json.loads(lines[-1])
+    except fresh_process.Failed as e:
+        tail = "\n".join(e.stderr.splitlines()[-15:])
+        return dict(spec, data=None, error=f"exit code {e.returncode}: {tail}")
 
 
 def table(records: list[dict], peak: float, by_size: dict[str, float] | None = None) -> str:

@@ -5,14 +5,15 @@ A configuration (workload, engine, n, order) makes ``warmup`` runs (compilation)
 timed runs of one MAML step each (m = 1), merging the workers' parameters with the mean after
 each run as the learner does. Tasks come from synthetic HDF5 files in the real layout (random
 images: speed does not depend on what they show). ``dmaml bench`` runs each configuration in a
-fresh process (``python -m dmaml.bench_measure --one JSON``), so that peak memory is its own and
-one measurement cannot warm or fragment another.
+fresh process (``python -m dmaml.costs.bench_measure --one JSON``,
+:mod:`dmaml.costs.fresh_process`), so that peak memory is its own and one measurement cannot warm
+or fragment another.
 
 A configuration's record (:func:`measure`): seconds per MAML step of the central model (median,
 min, max) as a training run sees them, i.e. including drawing the tasks from the HDF5 file,
 converting arrays to tensors and merging; beside it the compiled step alone (the same tasks drawn
 and converted beforehand, :func:`step_alone`; not for the processes engine, whose steps run in
-other processes); steps per second, achieved GFLOP/s (:mod:`dmaml.flops`) and peak resident
+other processes); steps per second, achieved GFLOP/s (:mod:`dmaml.costs.flops`) and peak resident
 memory; for the processes engine also the per-run overhead (wall time minus the slowest
 process's compute time: sending parameters, waking the processes, gathering and merging) and the
 peak memory of its worker processes together.
@@ -21,17 +22,15 @@ peak memory of its worker processes together.
 from __future__ import annotations
 
 import functools
-import json
-import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from dmaml.flops import flops_per_step
+from dmaml.costs import fresh_process
+from dmaml.costs.flops import flops_per_step
 
 # The standard workloads, named after the paper's experiments (dataset, N-way k-shot).
 WORKLOADS: dict[str, dict] = {
@@ -212,12 +211,10 @@ def measure(spec: dict) -> dict:
     return record
 
 
-def _main_one(spec: dict) -> None:
-    """``--one JSON``: the matmul peak (``spec["peak"]``) or one configuration, as a JSON line."""
-    logging.basicConfig(level=logging.WARNING)
-    record = matmul_peak(tuple(spec["sizes"])) if spec.get("peak") else measure(spec)
-    print(json.dumps(record), flush=True)
+def one(spec: dict) -> dict:
+    """``--one JSON``'s record: the matmul peak (``spec["peak"]``) or one configuration."""
+    return matmul_peak(tuple(spec["sizes"])) if spec.get("peak") else measure(spec)
 
 
 if __name__ == "__main__":
-    _main_one(json.loads(sys.argv[2]))
+    fresh_process.answer(one)

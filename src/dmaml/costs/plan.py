@@ -3,9 +3,9 @@
 Per table and figure (Snakemake target): its training runs, MAML steps, tasks, estimated
 core-hours and wall time on ``--cores`` cores, and the total over distinct runs (Figure 3 reuses
 Table 2's runs: they are counted once). The runs are those the workflow makes
-(:mod:`dmaml.plan_runs`); the cost of each run's workload is measured on this machine and cached
-(:mod:`dmaml.plan_measure`), or taken from a ``dmaml bench`` JSON-lines file given with
-``--costs`` (:mod:`dmaml.plan_from_bench`: seconds per task of the nearest measured n, scaled to
+(:mod:`dmaml.costs.runs`); the cost of each run's workload is measured on this machine and cached
+(:mod:`dmaml.costs.measured`), or taken from a ``dmaml bench`` JSON-lines file given with
+``--costs`` (:mod:`dmaml.costs.from_bench`: seconds per task of the nearest measured n, scaled to
 the run's t and n, evaluation from the FLOP ratio of an evaluated to a trained task).
 
 One run costs ``startup + compile + steps * step_s + (validations * val_tasks + tests *
@@ -23,10 +23,10 @@ import heapq
 import json
 from pathlib import Path
 
+from dmaml.costs.from_bench import bench_costs
+from dmaml.costs.measured import machine, measured_costs
+from dmaml.costs.runs import Run, experiments_of, load_config, runs_of, workload
 from dmaml.errors import ConfigError
-from dmaml.plan_from_bench import bench_costs
-from dmaml.plan_measure import machine, measured_costs
-from dmaml.plan_runs import Run, experiments_of, load_config, runs_of, workload
 from dmaml.status import duration
 
 
