@@ -92,11 +92,11 @@ RUN = f"results/runs/{RUN_ID}"
 FIGURE_KINDS = {"fig3": "workers", "fig4": "steps_per_run", "fig5": "tasks", "fig6": "split", "fig7": "merge"}
 SRC = Path(workflow.basedir, "src", "dmaml")
 # Modules that cannot change a run's numbers, so editing them re-runs no training: the command
-# line and the Python API (both call the learner), the grid expansion (a run's settings reach it as flags), run monitoring, progress reports
-# and the run folder's lock, provenance and error texts, data preparation (its output, the HDF5
-# file, is an input of its own), and the whole folders of the report and of the costs (`dmaml
-# plan`, `dmaml bench`: a new module there never counts). Any other module (a new one too) is
-# training code.
+# line and the Python API (both call the learner), the grid expansion (a run's settings reach it
+# as flags), run monitoring, progress reports and the run folder's lock, provenance and error
+# texts, data preparation (its output, the HDF5 file, is an input of its own), and the whole
+# folders of the report and of the costs (`dmaml plan`, `dmaml bench`: a new module there never
+# counts). Any other module (a new one too) is training code.
 NOT_TRAINING_FOLDERS = {"report", "costs"}
 NOT_TRAINING_CODE = {
     "cli.py",
