@@ -35,7 +35,8 @@ from dmaml.report.paper import RULE, compare, load_paper  # noqa: E402
 from dmaml.report.tables import SEED_SCORES, cell, checkpoint_table  # noqa: E402
 
 # the settings an arm may change (docs/design.md, "Choices the paper leaves open")
-CHOICES = ["alpha", "beta", "first_order", "batch_norm", "features", "adam_state", "pixels",
+CHOICES = ["tasks_per_step", "alpha", "beta", "first_order", "batch_norm", "features", "adam_state",
+           "pixels",
            "outer_reduction", "inner_steps", "eval_inner_steps"]
 PAPER_T = 32  # the paper's tasks per MAML step in Table 2
 PAPER_TABLE = "table2"
@@ -91,23 +92,22 @@ def markdown(table: pd.DataFrame, runs: pd.DataFrame) -> str:
 
 
 def figure(table: pd.DataFrame, runs: pd.DataFrame, paper: pd.DataFrame, out: Path) -> None:
-    """The arms' validation accuracy (mean over seeds, one colour per arm) and, as points of the
-    same colour, the paper's Table 2 values at the n each arm is compared with."""
+    """The arms' validation accuracy (mean over seeds, one colour per arm) and, in black, the
+    paper's Table 2 test values at the n each arm is compared with (one marker per n)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     groups = list(runs.groupby(["arm", "workers", "tasks_per_step"], sort=False))
-    shown = set()
+    last = 0
     for color, ((arm, n, t), group) in zip(palette(len(groups)), groups):
         curves = pd.concat([metrics(r).set_index("step")["val_acc"] for r in group["run"]], axis=1)
         ax.plot(curves.index, curves.mean(axis=1), color=color, lw=1.6,
                 label=f"{arm}: n = {n}, t = {t} ({len(group)} seed{'s' * (len(group) > 1)})")
-        paper_n = n * t // PAPER_T
-        if paper_n in shown:
-            continue
-        shown.add(paper_n)
+        last = max(last, curves.index.max())
+    compared = sorted({n * t // PAPER_T for _, n, t in (g for g, _ in groups)})
+    for marker, paper_n in zip("xo^sv", compared):
         cells = paper[(paper["table"] == PAPER_TABLE) & (paper["workers"] == paper_n)]
-        cells = cells[cells["step"] <= curves.index.max()]
-        ax.plot(cells["step"], cells["mean"].astype(float), "x", color=color, ms=9, mew=2,
-                label=f"paper, n = {paper_n} (test)")
+        cells = cells[cells["step"] <= last]
+        ax.plot(cells["step"], cells["mean"].astype(float), marker, color="black", ms=8, mew=2,
+                ls=":", lw=1, mfc="none", label=f"paper, n = {paper_n} (test, Table 2)")
     ax.set_xlabel("MAML steps of the central model")
     ax.set_ylabel("validation accuracy (mean over seeds)")
     ax.set_title("Ablation: validation accuracy of each arm beside the paper's Table 2")
@@ -116,7 +116,7 @@ def figure(table: pd.DataFrame, runs: pd.DataFrame, paper: pd.DataFrame, out: Pa
              f"validation on {listing(runs['val_tasks'])} fixed tasks; seeds "
              f"{listing(runs['seed'])}", fontsize=7, va="top")
     save(fig, out, "Ablation: each arm's validation accuracy (mean over its seeds; line colour "
-         "per arm) and the paper's Table 2 test values (crosses) at the n it is compared with. "
+         "per arm) and, in black, the paper's Table 2 test values at the n they are compared with. "
          f"Configuration: {describe(runs)}.")
 
 
