@@ -171,22 +171,24 @@ class RunFolder:
         return {}
 
     def write_status(self, status: str, state: TrainingState, facts: dict, *,
-                     step_s: float | None = None, probe_s: float | None = None, **extra) -> None:
+                     probe: bool = False, **extra) -> None:
         """Write ``run.json``: ``status`` at ``state``, with ``facts`` (versions, machine,
-        engine), ``extra`` fields, the measured seconds per training step ``step_s`` (None: the
-        last measure written, as a re-test trains nothing) and seconds spent scoring workers
-        ``probe_s`` (None: no probe)."""
+        engine), ``extra`` fields and the state's timings (kept in its checkpoint, so that a
+        session that trains nothing leaves them as they were): the last measured seconds per
+        training step ``step_s`` and, for a merge that scores workers (``probe``), the seconds
+        spent scoring them, ``probe_s``."""
         info = {"status": status, "step": state.step, "steps": self.cfg.steps,
                 "wall_s": round(state.elapsed, 3), "updated": round(time.time()), **facts,
                 **extra}
         if state.step:
             info["seconds_per_step"] = state.elapsed / state.step  # compilation included
-        if step_s is None:
+        step_s = state.step_s
+        if step_s is None:  # a checkpoint of an earlier version: the last measure written
             step_s = self.last_status().get("step_s")
         if step_s is not None:
             info["step_s"] = step_s  # as progress shows it
-        if probe_s is not None:
-            info["probe_s"] = round(probe_s, 3)  # scoring workers, this session
+        if probe:
+            info["probe_s"] = round(state.probe_s, 3)  # scoring workers, every session
         atomic.write_text(self.out / "run.json", json.dumps(info, indent=2) + "\n")
 
 
