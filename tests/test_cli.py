@@ -78,6 +78,20 @@ def test_missing_dataset_file(tmp_path, caplog):
     assert code == 2 and "none.h5: no such dataset file" in caplog.text
 
 
+def test_damaged_checkpoint_to_evaluate_is_one_line(tmp_path, caplog):
+    """A kept checkpoint overwritten with garbage: one line naming the file and what to do, not
+    numpy's words."""
+    out = tmp_path / "r"
+    step = out / "checkpoints" / "step000004.npz"
+    step.parent.mkdir(parents=True)
+    config.dump(config.load(None, {"dataset": "sine", "steps": 4}), out / "config.yaml")
+    step.write_bytes(b"garbage")
+    assert main(["evaluate", "--run", str(out), "--step", "4"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"{step}: damaged checkpoint (not a readable .npz file); evaluate another kept "
+        "step with --step, or train the run again into a new --out"]
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path, caplog):
     out = str(tmp_path / "r")
     assert main(["train", *SINE, "--out", out]) == 0

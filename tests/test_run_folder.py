@@ -64,21 +64,39 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     with caplog.at_level(logging.WARNING):
         Learner(sine(**FLAGS), run).train()
-    assert "latest.npz: unreadable checkpoint" in caplog.text
-    assert "resuming from the checkpoint before it" in caplog.text and "(step 20)" in caplog.text
+    previous = run / "checkpoints" / "previous.npz"
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("dmaml")]
+    assert warnings == [f"{latest}: damaged checkpoint (not a readable .npz file); resuming "
+                        f"from the checkpoint before it, {previous} (step 20)"]
     assert rows(run / "metrics.csv") == rows(whole / "metrics.csv")
     assert rows(run / "test.csv") == rows(whole / "test.csv")
     for k, v in theta_of(whole).items():
         np.testing.assert_array_equal(theta_of(run)[k], v)
 
 
-def test_both_checkpoints_damaged_is_a_clear_error(tmp_path):
+def test_damaged_checkpoints_with_none_to_fall_back_on_are_a_clear_error(tmp_path):
+    """Both damaged: both named; latest.npz damaged with no previous.npz, or missing with
+    previous.npz damaged: what deleting does, once."""
     run = tmp_path / "run"
     Learner(sine(steps=20), run).train()
-    for name in ("latest.npz", "previous.npz"):
-        (run / "checkpoints" / name).write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(CheckpointError, match="previous.npz: unreadable checkpoint"):
+    latest, previous = run / "checkpoints" / "latest.npz", run / "checkpoints" / "previous.npz"
+    latest.write_bytes(b"PK\x03\x04 truncated")
+    previous.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as e:
         Learner(sine(steps=40), run).train()
+    assert str(e.value) == (f"{latest} and {previous}: both damaged checkpoints (not readable .npz "
+                            "files); delete both to train the run again from step 0")
+    latest.unlink()
+    with pytest.raises(CheckpointError) as e:
+        Learner(sine(steps=40), run).train()
+    assert str(e.value) == (f"{latest}: missing, and {previous}: damaged checkpoint (not a "
+                            "readable .npz file); delete it to train the run again from step 0")
+    previous.rename(latest)
+    with pytest.raises(CheckpointError) as e:
+        Learner(sine(steps=40), run).train()
+    assert str(e.value) == (f"{latest}: damaged checkpoint (not a readable .npz file), and no "
+                            "previous.npz to fall back on; delete it to train the run again from "
+                            "step 0")
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -192,6 +210,24 @@ def test_a_retest_keeps_the_runs_timings(tmp_path):
     assert rows(run / "test.csv")[0]["tasks"] == "1"  # re-tested
     assert {k: info.get(k) for k in ("step_s", "probe_s", "wall_s", "seconds_per_step")} == {
         "step_s": 0.5, "probe_s": 2.0, "wall_s": 10.0, "seconds_per_step": 2.5}
+
+
+def test_a_damaged_kept_checkpoint_to_retest_says_what_to_do(tmp_path):
+    """A finished run (made by hand) whose kept step000004.npz is garbage, given other test
+    settings: one error naming the file, not numpy's words."""
+    run = tmp_path / "run"
+    cfg = sine(steps=4, checkpoint_steps=[4], test_tasks=2)
+    s = TrainingState.fresh(models.for_config(cfg).init(task_rng(cfg.seed, INIT)), cfg.workers)
+    s.step = 4
+    folder = RunFolder(run, cfg, classification=False)
+    folder.prepare()
+    folder.save_latest(s)
+    folder.kept(4).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as e:
+        Learner(sine(steps=4, checkpoint_steps=[4], test_tasks=1), run).train()
+    assert str(e.value) == (f"{folder.kept(4)}: damaged checkpoint (not a readable .npz file); "
+                            f"delete {run} to train the run again, or leave step 4 out of "
+                            "checkpoint_steps")
 
 
 def test_the_first_times_left_say_they_are_estimates(tmp_path, monkeypatch, caplog):

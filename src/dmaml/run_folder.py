@@ -33,7 +33,7 @@ import yaml
 
 from dmaml import atomic, checkpoint
 from dmaml.config import RunConfig, inert
-from dmaml.errors import CheckpointError, ConfigError
+from dmaml.errors import CheckpointError, ConfigError, DamagedCheckpoint
 from dmaml.state import TrainingState
 
 log = logging.getLogger(__name__)
@@ -113,20 +113,31 @@ class RunFolder:
 
     def resume(self) -> TrainingState | None:
         """The state saved in ``checkpoints/`` (None if there is none): ``latest.npz``, or the
-        one before it when that is missing or damaged."""
+        one before it when that is missing or damaged; an error that names both files and says
+        what deleting does when neither can be resumed."""
+        latest, previous = self.latest, self.previous
+        restart = "to train the run again from step 0"
         try:
-            if self.latest.exists():
-                return self._load(self.latest)
-            problem = CheckpointError(f"{self.latest}: missing")
-        except CheckpointError as e:
-            problem = e
-        if not self.previous.exists():
-            if self.latest.exists():
-                raise problem
+            if latest.exists():
+                return self._load(latest)
+            problem = f"{latest}: missing"
+        except DamagedCheckpoint as e:
+            problem = f"{latest}: {e.what}"
+            if not previous.exists():
+                raise CheckpointError(f"{problem}, and no {previous.name} to fall back on; delete "
+                                      f"it {restart}") from None
+        if not previous.exists():
             return None
-        state = self._load(self.previous)
+        try:
+            state = self._load(previous)
+        except DamagedCheckpoint as e:
+            if latest.exists():
+                raise CheckpointError(f"{latest} and {previous}: both damaged checkpoints (not "
+                                      f"readable .npz files); delete both {restart}") from None
+            raise CheckpointError(f"{problem}, and {previous}: {e.what}; delete it "
+                                  f"{restart}") from None
         log.warning("%s; resuming from the checkpoint before it, %s (step %d)", problem,
-                    self.previous, state.step)
+                    previous, state.step)
         return state
 
     def _load(self, path: Path) -> TrainingState:
@@ -134,9 +145,9 @@ class RunFolder:
         a = checkpoint.load(path)
         try:
             saved = yaml.safe_load(str(a["config"]))
-        except KeyError:
-            raise CheckpointError(f"{path}: not a dmaml training checkpoint (no config); delete "
-                                  "it to start over") from None
+        except KeyError:  # a kept stepNNNNNN.npz copied over it, say
+            raise DamagedCheckpoint(path, "not a dmaml training checkpoint (no config)",
+                                    "delete it to start over") from None
         now = self.cfg.to_dict()
         same = RESUMABLE_CHANGES | inert(self.cfg)
         changed = sorted(k for k in now if k not in same and saved.get(k) != now[k])
@@ -158,7 +169,9 @@ class RunFolder:
 
     def kept_theta(self, step: int) -> dict[str, np.ndarray]:
         """Theta kept at ``step``."""
-        return checkpoint.unpack("theta", checkpoint.load(self.kept(step)))
+        return checkpoint.unpack("theta", checkpoint.load(
+            self.kept(step), fix=f"delete {self.out} to train the run again, or leave step {step} "
+                                 "out of checkpoint_steps"))
 
     # --- run.json ----------------------------------------------------------------------------
 
