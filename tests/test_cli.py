@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -72,10 +73,38 @@ def test_shots_above_images_per_class(tmp_path, caplog, synthetic_h5):
     assert code == 2 and "has 6 images, fewer than shots + queries = 6 + 1" in caplog.text
 
 
-def test_missing_dataset_file(tmp_path, caplog):
-    code = main(["train", "--dataset", "omniglot", "--data", str(tmp_path / "none.h5"),
-                 "--out", str(tmp_path / "r")])
-    assert code == 2 and "none.h5: no such dataset file" in caplog.text
+def test_missing_dataset_file(tmp_path, caplog, monkeypatch):
+    """A file of the user's: how to make one with the data commands (no Snakemake rule builds
+    it); the workflow's own file: the data stage's Snakemake command."""
+    none = tmp_path / "none.h5"
+    code = main(["train", "--dataset", "omniglot", "--data", str(none), "--out", str(tmp_path / "r")])
+    assert code == 2 and [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"{none}: no such dataset file; set --data (`data:`) to an existing file, or make this one "
+        f"with `dmaml prepare-omniglot --out {none}` (`dmaml prepare-miniimagenet --source DIR "
+        f"--out {none}` for miniImageNet)"]
+    assert "snakemake" not in caplog.text
+    caplog.clear()
+    monkeypatch.chdir(tmp_path)
+    for data in ("resources/omniglot.h5", "./resources/omniglot.h5",
+                 str(tmp_path / "resources" / "omniglot.h5")):
+        assert main(["train", "--dataset", "omniglot", "--data", data, "--out", "r"]) == 2
+        assert (f"{Path(data)}: no such dataset file; build it with the data stage (`snakemake "
+                "--cores 2 resources/omniglot.h5` in the workflow's folder) or set --data "
+                "(`data:`) to an existing file") in caplog.text
+
+
+def test_damaged_checkpoint_to_evaluate_is_one_line(tmp_path, caplog):
+    """A kept checkpoint overwritten with garbage: one line naming the file and what to do, not
+    numpy's words."""
+    out = tmp_path / "r"
+    step = out / "checkpoints" / "step000004.npz"
+    step.parent.mkdir(parents=True)
+    config.dump(config.load(None, {"dataset": "sine", "steps": 4}), out / "config.yaml")
+    step.write_bytes(b"garbage")
+    assert main(["evaluate", "--run", str(out), "--step", "4"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"{step}: damaged checkpoint (not a readable .npz file); evaluate another kept "
+        "step with --step, or train the run again into a new --out"]
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path, caplog):

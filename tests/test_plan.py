@@ -123,7 +123,7 @@ def test_costs_measured_on_the_spot(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--configfile", "missing.yaml"], "configfile missing.yaml: cannot be read"),
+    (["--configfile", "missing.yaml"], "configfile missing.yaml: no such file"),
     (["--configfile", "BAD"], "configfile BAD: must be a mapping of keys"),
     (["--configfile", "TYPO"], "unknown top-level key(s) ['omniglott']"),
     (["--configfile", "WRONG"], "experiments.table2: unknown key(s) ['alpah']"),
@@ -166,6 +166,29 @@ def test_yaml_and_key_errors_name_the_file_and_line(tmp_path, caplog):
     assert f"configfile {bad}, line 4, column 9: not valid YAML" in caplog.text
     assert cli.main(["plan", "--directory", str(ROOT), "--configfile", str(typo), str(good)]) == 2
     assert f"{typo}, train: unknown key(s) ['setps']" in caplog.text
+
+
+def test_a_wrong_value_names_the_file_that_set_it(tmp_path, caplog):
+    """A wrong type or value from a --configfile is blamed on that file, not config.yaml; a
+    --configfile that does not exist is one line naming it (and the targets-after-it trap)."""
+    mine = tmp_path / "my.yaml"
+    plan = ["plan", "table2", "--directory", str(ROOT), "--costs", "none", "--configfile"]
+    for text, message in [
+        ('experiments:\n  table2:\n    workers: "four"\n',
+         "experiments.table2: workers: must be an integer or a list of integers, got 'four'"),
+        ("train:\n  alpha: -1\n", "experiments.table1: alpha: must be a positive number, got -1"),
+        ("experiments:\n  fig7:\n    also: [fig8]\n", "experiments.fig7: 'fig8' is not an experiment"),
+    ]:
+        mine.write_text(text)
+        caplog.clear()
+        assert cli.main([*plan, str(QUICK[0]), str(mine)]) == 2
+        assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][0].startswith(
+            f"{mine}, {message}")
+    caplog.clear()
+    assert cli.main([*plan, str(tmp_path / "none.yaml"), "fig3"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"configfile {tmp_path / 'none.yaml'}: no such file; give --configfile existing files "
+        "(it takes every word after it: put targets before it)"]
 
 
 @pytest.mark.slow  # measures a workload: a training process of about a minute

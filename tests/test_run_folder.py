@@ -15,6 +15,7 @@ from dmaml import checkpoint, config, models, progress
 from dmaml.errors import CheckpointError, DatasetError
 from dmaml.evaluate import Evaluator
 from dmaml.learner import Learner
+from dmaml.run_folder import RunFolder
 from dmaml.state import TrainingState
 from dmaml.tasks import INIT, make_sampler, task_rng
 
@@ -63,21 +64,39 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     with caplog.at_level(logging.WARNING):
         Learner(sine(**FLAGS), run).train()
-    assert "latest.npz: unreadable checkpoint" in caplog.text
-    assert "resuming from the checkpoint before it" in caplog.text and "(step 20)" in caplog.text
+    previous = run / "checkpoints" / "previous.npz"
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("dmaml")]
+    assert warnings == [f"{latest}: damaged checkpoint (not a readable .npz file); resuming "
+                        f"from the checkpoint before it, {previous} (step 20)"]
     assert rows(run / "metrics.csv") == rows(whole / "metrics.csv")
     assert rows(run / "test.csv") == rows(whole / "test.csv")
     for k, v in theta_of(whole).items():
         np.testing.assert_array_equal(theta_of(run)[k], v)
 
 
-def test_both_checkpoints_damaged_is_a_clear_error(tmp_path):
+def test_damaged_checkpoints_with_none_to_fall_back_on_are_a_clear_error(tmp_path):
+    """Both damaged: both named; latest.npz damaged with no previous.npz, or missing with
+    previous.npz damaged: what deleting does, once."""
     run = tmp_path / "run"
     Learner(sine(steps=20), run).train()
-    for name in ("latest.npz", "previous.npz"):
-        (run / "checkpoints" / name).write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(CheckpointError, match="previous.npz: unreadable checkpoint"):
+    latest, previous = run / "checkpoints" / "latest.npz", run / "checkpoints" / "previous.npz"
+    latest.write_bytes(b"PK\x03\x04 truncated")
+    previous.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as e:
         Learner(sine(steps=40), run).train()
+    assert str(e.value) == (f"{latest} and {previous}: both damaged checkpoints (not readable .npz "
+                            "files); delete both to train the run again from step 0")
+    latest.unlink()
+    with pytest.raises(CheckpointError) as e:
+        Learner(sine(steps=40), run).train()
+    assert str(e.value) == (f"{latest}: missing, and {previous}: damaged checkpoint (not a "
+                            "readable .npz file); delete it to train the run again from step 0")
+    previous.rename(latest)
+    with pytest.raises(CheckpointError) as e:
+        Learner(sine(steps=40), run).train()
+    assert str(e.value) == (f"{latest}: damaged checkpoint (not a readable .npz file), and no "
+                            "previous.npz to fall back on; delete it to train the run again from "
+                            "step 0")
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -172,13 +191,43 @@ def test_evaluator_of_the_retest_is_the_runs_own(tmp_path):
     assert float(row["mean"]) == score.mean and row["tasks"] == "7"
 
 
-def test_a_retest_keeps_the_measured_speed(tmp_path):
-    """run.json's step_s (what `dmaml status` shows) survives a re-test that trains nothing."""
+def test_a_retest_keeps_the_runs_timings(tmp_path):
+    """A re-test trains nothing: run.json's timings (step_s, what `dmaml status` shows, probe_s,
+    wall_s, seconds_per_step) stay those of the training, also with no run.json left, as
+    Snakemake removes a job's output before it runs the job. (A finished weighted run, made by
+    hand: its checkpoints and no run.json.)"""
     run = tmp_path / "run"
-    Learner(sine(**FLAGS), run).train()
-    before = json.loads((run / "run.json").read_text())["step_s"]
-    Learner(sine(**{**FLAGS, "test_tasks": 10}), run).train()
-    assert json.loads((run / "run.json").read_text())["step_s"] == before
+    flags = {"steps": 4, "checkpoint_steps": [4], "workers": 2, "merge": "weighted"}
+    cfg = sine(**flags, test_tasks=2)
+    s = TrainingState.fresh(models.for_config(cfg).init(task_rng(cfg.seed, INIT)), cfg.workers)
+    s.step, s.elapsed, s.step_s, s.probe_s = 4, 10.0, 0.5, 2.0  # as training measured them
+    folder = RunFolder(run, cfg, classification=False)
+    folder.prepare()
+    folder.keep(4, s.theta)
+    folder.save_latest(s)
+    Learner(sine(**flags, test_tasks=1), run).train()
+    info = json.loads((run / "run.json").read_text())
+    assert rows(run / "test.csv")[0]["tasks"] == "1"  # re-tested
+    assert {k: info.get(k) for k in ("step_s", "probe_s", "wall_s", "seconds_per_step")} == {
+        "step_s": 0.5, "probe_s": 2.0, "wall_s": 10.0, "seconds_per_step": 2.5}
+
+
+def test_a_damaged_kept_checkpoint_to_retest_says_what_to_do(tmp_path):
+    """A finished run (made by hand) whose kept step000004.npz is garbage, given other test
+    settings: one error naming the file, not numpy's words."""
+    run = tmp_path / "run"
+    cfg = sine(steps=4, checkpoint_steps=[4], test_tasks=2)
+    s = TrainingState.fresh(models.for_config(cfg).init(task_rng(cfg.seed, INIT)), cfg.workers)
+    s.step = 4
+    folder = RunFolder(run, cfg, classification=False)
+    folder.prepare()
+    folder.save_latest(s)
+    folder.kept(4).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as e:
+        Learner(sine(steps=4, checkpoint_steps=[4], test_tasks=1), run).train()
+    assert str(e.value) == (f"{folder.kept(4)}: damaged checkpoint (not a readable .npz file); "
+                            f"delete {run} to train the run again, or leave step 4 out of "
+                            "checkpoint_steps")
 
 
 def test_the_first_times_left_say_they_are_estimates(tmp_path, monkeypatch, caplog):
@@ -200,9 +249,14 @@ def test_worker_scores_after_a_resume_are_those_of_a_whole_run(tmp_path):
     Learner(sine(**flags), whole).train()
     run = tmp_path / "run"
     Learner(sine(**{**flags, "steps": 30, "checkpoint_steps": [20]}), run).train()
+    first = json.loads((run / "run.json").read_text())["probe_s"]
     with open(run / "worker_scores.csv", "a") as f:
         f.write("40,0,9.9,1.0\n")  # as written by a run killed after its last checkpoint
     Learner(sine(**flags), run).train()
+    info = json.loads((run / "run.json").read_text())
+    saved = TrainingState.from_arrays(checkpoint.load(run / "checkpoints" / "latest.npz"), 3)
+    assert info["probe_s"] == round(saved.probe_s, 3) > first > 0  # scoring, every session
+    assert info["step_s"] == saved.step_s > 0  # the checkpoint keeps what run.json shows
     scores = rows(run / "worker_scores.csv")
     assert len(scores) == 3 * 60 and scores == rows(whole / "worker_scores.csv")
     assert rows(run / "metrics.csv") == rows(whole / "metrics.csv")
@@ -250,6 +304,13 @@ def test_training_state_keeps_the_checkpoint_format(tmp_path):
         np.testing.assert_array_equal(back.theta[k], v)
         np.testing.assert_array_equal(back.states[1].m[k], s.states[1].m[k])
     assert back.take_means() == (0.5, 0.75) and back.runs == 0 and back.loss_sum == 0.0
+    assert (back.step_s, back.probe_s) == (None, 0.0)  # not measured yet
+    s.step_s, s.probe_s = 0.25, 3.5
+    back = TrainingState.from_arrays(checkpoint.load(_saved(tmp_path, s.to_arrays())), cfg.workers)
+    assert (back.step_s, back.probe_s) == (0.25, 3.5)
+    earlier = {k: v for k, v in s.to_arrays().items() if k not in ("step_s", "probe_s")}
+    back = TrainingState.from_arrays(checkpoint.load(_saved(tmp_path, earlier)), cfg.workers)
+    assert (back.step, back.step_s, back.probe_s) == (7, None, 0.0)  # an earlier version's
 
 
 def _saved(folder, arrays):

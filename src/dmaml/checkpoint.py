@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from dmaml import atomic
-from dmaml.errors import CheckpointError
+from dmaml.errors import CheckpointError, DamagedCheckpoint
+
+DAMAGED = "damaged checkpoint (not a readable .npz file)"
 
 
 def save(path: Path, arrays: dict[str, np.ndarray], previous: Path | None = None) -> None:
@@ -35,13 +37,19 @@ def save(path: Path, arrays: dict[str, np.ndarray], previous: Path | None = None
                               "space or choose another --out folder, then rerun to resume") from None
 
 
-def load(path: Path) -> dict[str, np.ndarray]:
-    """Read every array of the checkpoint ``path``."""
+def load(path: Path, fix: str = "replace it with an intact copy") -> dict[str, np.ndarray]:
+    """Read every array of the checkpoint ``path``; a damaged one is a
+    :class:`~dmaml.errors.DamagedCheckpoint` that says what to do: ``fix``."""
     try:
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+    except OSError as e:
+        if e.strerror:  # not the file's contents: permissions, a folder, ...
+            raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror}); make it a "
+                                  "readable file") from None
+        raise DamagedCheckpoint(path, DAMAGED, fix) from None
+    except (ValueError, EOFError, KeyError, zipfile.BadZipFile):  # numpy's words would mislead
+        raise DamagedCheckpoint(path, DAMAGED, fix) from None
 
 
 def pack(prefix: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -156,8 +156,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
     config_file = run_folder.config_file(run)  # before TensorFlow loads
     path = run_folder.checkpoint_file(run, args.step)
+    from dmaml import checkpoint
 
-    from dmaml import checkpoint, config, models
+    theta = checkpoint.unpack("theta", checkpoint.load(
+        path, fix="evaluate another kept step with --step, or train the run again into a new "
+                  "--out" if args.step is not None else "evaluate a kept step with --step"))
+
+    from dmaml import config, models
     from dmaml.evaluate import Evaluator
     from dmaml.tasks import make_sampler
 
@@ -165,7 +170,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       {k: v for k, v in (("test_tasks", args.test_tasks),
                                          ("eval_inner_steps", args.eval_inner_steps)) if v})
     _set_threads(cfg.threads)
-    theta = checkpoint.unpack("theta", checkpoint.load(path))
     model = models.for_config(cfg)
     shots = args.shots or cfg.shots
     if args.extrapolate:

@@ -20,6 +20,15 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be written, read or resumed."""
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file that is not a readable checkpoint (truncated, overwritten); ``what``
+    says so without the fix, for a caller that has another."""
+
+    def __init__(self, path, what: str, fix: str):
+        super().__init__(f"{path}: {what}; {fix}")
+        self.path, self.what = path, what
+
+
 class TrainingDiverged(UserError, RuntimeError):
     """A worker produced a non-finite loss or parameter."""
 

@@ -154,10 +154,26 @@ def origin(files: list[Path], section: str, keys: list[str]) -> str:
     return found
 
 
+def _sections(config: dict, name: str) -> list[str]:
+    """The sections an experiment's settings come from (:func:`settings`), the nearest first:
+    ``experiments.NAME``, those of its `from:` chain, then ``train``."""
+    exp = config["experiments"][name]
+    return [f"experiments.{name}",
+            *(_sections(config, exp["from"]) if "from" in exp else ["train"])]
+
+
 def check_experiments(config: dict, where: str = "config.yaml", files: list[Path] = ()) -> None:
     """Check every run's settings now, so that a wrong value stops before any job: a
-    ConfigError naming the section and key, and for an unknown key the file of ``files`` it
-    came from."""
+    ConfigError naming the section and key, and the file of ``files`` (config.yaml, then each
+    --configfile) that set it; ``where`` without ``files``."""
+
+    def blame(sections: list[str], keys: list[str]) -> str:
+        """The file that set one of ``keys`` in the nearest of ``sections`` that has them."""
+        if not files:
+            return where
+        found = [origin(files, section, keys) for section in sections]
+        return next((f for f in found if f != "--config"), "--config")
+
     known = set(RUN_FIELDS) | set(GRID) | REPORT_KEYS
     sections = {"train": config["train"],
                 **{f"experiments.{k}": v for k, v in config["experiments"].items()}}
@@ -165,7 +181,7 @@ def check_experiments(config: dict, where: str = "config.yaml", files: list[Path
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
-                f"{origin(files, section, unknown) if files else where}, {section}: unknown "
+                f"{blame([section], unknown)}, {section}: unknown "
                 f"key(s) {unknown}; known keys are "
                 f"the `dmaml train` settings and {sorted(GRID.keys() | REPORT_KEYS)}"
             )
@@ -173,18 +189,19 @@ def check_experiments(config: dict, where: str = "config.yaml", files: list[Path
             training = sorted(set(values) - set(GRID) - REPORT_KEYS)
             if training:
                 raise ConfigError(
-                    f"{where}, {section}: {training} would not reach the runs of `from: "
-                    f"{values['from']}` (an experiment with `from:` may set grid keys "
-                    f"{sorted(GRID)} and report keys only); give the experiment its own "
+                    f"{blame([section], training)}, {section}: {training} would not reach the "
+                    f"runs of `from: {values['from']}` (an experiment with `from:` may set grid "
+                    f"keys {sorted(GRID)} and report keys only); give the experiment its own "
                     "settings instead of `from:`")
-        for other in [values.get("from"), *values.get("also", [])]:
-            if other is not None and other not in config["experiments"]:
-                raise ConfigError(f"{where}, {section}: {other!r} is not an experiment; known: "
-                                  f"{sorted(config['experiments'])}")
+        for key in ("from", "also"):
+            for other in as_list(values.get(key, [])):
+                if other not in config["experiments"]:
+                    raise ConfigError(f"{blame([section], [key])}, {section}: {other!r} is not "
+                                      f"an experiment; known: {sorted(config['experiments'])}")
         for key in INTEGER_GRID_KEYS & set(values):
             if not all(type(v) is int for v in as_list(values[key])):
                 raise ConfigError(
-                    f"{where}, {section}: {key}: must be an integer or a list "
+                    f"{blame([section], [key])}, {section}: {key}: must be an integer or a list "
                     f"of integers, got {values[key]!r}"
                 )
     for name in config["experiments"]:
@@ -192,7 +209,9 @@ def check_experiments(config: dict, where: str = "config.yaml", files: list[Path
             try:
                 resolve(RunConfig(**run_settings(config, **wildcards)))
             except (ConfigError, TypeError, KeyError) as e:
-                raise ConfigError(f"{where}, experiments.{name}: {e}") from None
+                key = str(e).split(":", 1)[0]  # a ConfigError starts with its setting's name
+                at = blame(_sections(config, name), [key]) if key in known else where
+                raise ConfigError(f"{at}, experiments.{name}: {e}") from None
 
 
 def check_data(cfg: RunConfig, folder: Path = Path(".")) -> None:

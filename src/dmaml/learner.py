@@ -197,9 +197,7 @@ class Learner:
 
     def _status(self, session: Session, status: str, s: TrainingState, **extra) -> None:
         """Write run.json (:meth:`dmaml.run_folder.RunFolder.write_status`)."""
-        progress = session.progress
-        self.folder.write_status(status, s, session.facts, step_s=progress.step_s(),
-                                 probe_s=None if session.prober is None else progress.probe_s,
+        self.folder.write_status(status, s, session.facts, probe=session.prober is not None,
                                  **extra)
 
     def _test(self, step: int, theta: dict, session: Session) -> dict:
@@ -224,7 +222,7 @@ class Learner:
         kept = self._leave_out(diverged(results), results, s, session)
         if session.prober is not None:  # by worker (engines return them in their own order)
             kept = dict(sorted(kept.items()))
-        scores = self._probe(kept, s.step - cfg.steps_per_run, session)
+        scores = self._probe(kept, s, session)
         w = merge.weights(cfg.merge, scores, cfg.merge_temperature, cfg.merge_drop)
         if folder.scores is not None:
             folder.scores.append(*({"step": s.step, "worker": i, "score": score, "weight": wi}
@@ -236,6 +234,8 @@ class Learner:
         seconds = time.perf_counter() - start
         s.elapsed += seconds
         progress.ran(seconds, cfg.steps_per_run)
+        if progress.step_s() is not None:  # this session's measure; else the last one kept
+            s.step_s = progress.step_s()
         step = s.step
         if step % cfg.eval_every == 0 or step == cfg.steps:
             self._validate(s, n, session)
@@ -269,14 +269,16 @@ class Learner:
         s.dropped += len(bad)
         return {w: r for w, r in results.items() if w not in bad}
 
-    def _probe(self, kept: dict[int, WorkerResult], start: int, session: Session) -> list[float]:
+    def _probe(self, kept: dict[int, WorkerResult], s: TrainingState,
+               session: Session) -> list[float]:
         """Each kept worker's probe score (:mod:`dmaml.merge`): the mean query loss of its
-        returned parameters adapted to the run's probe tasks; zeros for the mean merge."""
+        returned parameters adapted to the probe tasks of the run just done (it started at step
+        ``s.step - steps_per_run``); zeros for the mean merge. Its time adds to ``s.probe_s``."""
         if session.prober is None:
             return [0.0] * len(kept)
-        began = time.perf_counter()
+        began, start = time.perf_counter(), s.step - self.cfg.steps_per_run
         scores = [session.prober(r.params, start).loss for r in kept.values()]
-        session.progress.probed(time.perf_counter() - began)
+        s.probe_s += time.perf_counter() - began
         return scores
 
     def _validate(self, s: TrainingState, n: int, session: Session) -> None:

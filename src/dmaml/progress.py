@@ -33,7 +33,6 @@ class Progress:
         self._task_s: float | None = None  # seconds a task of an evaluation that did not compile
         self._evaluated: set[str] = set()  # the kinds of evaluation done (compiled) so far
         self._shown = 0.0  # when progress was last shown (time.monotonic)
-        self.probe_s = 0.0  # seconds spent scoring workers for the merge
         self._summary = None
         if tensorboard is not None:
             import tensorflow as tf
@@ -58,10 +57,6 @@ class Progress:
         if kind in self._evaluated:
             self._task_s = seconds / tasks
         self._evaluated.add(kind)
-
-    def probed(self, seconds: float) -> None:
-        """Count ``seconds`` spent scoring workers (``run.json``'s ``probe_s``)."""
-        self.probe_s += seconds
 
     def evaluate(self, evaluator: Evaluator, theta: dict, step: int, kind: str) -> Score:
         """``evaluator(theta)``, timed (:meth:`evaluated`); announced first when it may take a

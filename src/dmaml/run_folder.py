@@ -33,7 +33,7 @@ import yaml
 
 from dmaml import atomic, checkpoint
 from dmaml.config import RunConfig, inert
-from dmaml.errors import CheckpointError, ConfigError
+from dmaml.errors import CheckpointError, ConfigError, DamagedCheckpoint
 from dmaml.state import TrainingState
 
 log = logging.getLogger(__name__)
@@ -113,20 +113,31 @@ class RunFolder:
 
     def resume(self) -> TrainingState | None:
         """The state saved in ``checkpoints/`` (None if there is none): ``latest.npz``, or the
-        one before it when that is missing or damaged."""
+        one before it when that is missing or damaged; an error that names both files and says
+        what deleting does when neither can be resumed."""
+        latest, previous = self.latest, self.previous
+        restart = "to train the run again from step 0"
         try:
-            if self.latest.exists():
-                return self._load(self.latest)
-            problem = CheckpointError(f"{self.latest}: missing")
-        except CheckpointError as e:
-            problem = e
-        if not self.previous.exists():
-            if self.latest.exists():
-                raise problem
+            if latest.exists():
+                return self._load(latest)
+            problem = f"{latest}: missing"
+        except DamagedCheckpoint as e:
+            problem = f"{latest}: {e.what}"
+            if not previous.exists():
+                raise CheckpointError(f"{problem}, and no {previous.name} to fall back on; delete "
+                                      f"it {restart}") from None
+        if not previous.exists():
             return None
-        state = self._load(self.previous)
+        try:
+            state = self._load(previous)
+        except DamagedCheckpoint as e:
+            if latest.exists():
+                raise CheckpointError(f"{latest} and {previous}: both damaged checkpoints (not "
+                                      f"readable .npz files); delete both {restart}") from None
+            raise CheckpointError(f"{problem}, and {previous}: {e.what}; delete it "
+                                  f"{restart}") from None
         log.warning("%s; resuming from the checkpoint before it, %s (step %d)", problem,
-                    self.previous, state.step)
+                    previous, state.step)
         return state
 
     def _load(self, path: Path) -> TrainingState:
@@ -134,9 +145,9 @@ class RunFolder:
         a = checkpoint.load(path)
         try:
             saved = yaml.safe_load(str(a["config"]))
-        except KeyError:
-            raise CheckpointError(f"{path}: not a dmaml training checkpoint (no config); delete "
-                                  "it to start over") from None
+        except KeyError:  # a kept stepNNNNNN.npz copied over it, say
+            raise DamagedCheckpoint(path, "not a dmaml training checkpoint (no config)",
+                                    "delete it to start over") from None
         now = self.cfg.to_dict()
         same = RESUMABLE_CHANGES | inert(self.cfg)
         changed = sorted(k for k in now if k not in same and saved.get(k) != now[k])
@@ -158,7 +169,9 @@ class RunFolder:
 
     def kept_theta(self, step: int) -> dict[str, np.ndarray]:
         """Theta kept at ``step``."""
-        return checkpoint.unpack("theta", checkpoint.load(self.kept(step)))
+        return checkpoint.unpack("theta", checkpoint.load(
+            self.kept(step), fix=f"delete {self.out} to train the run again, or leave step {step} "
+                                 "out of checkpoint_steps"))
 
     # --- run.json ----------------------------------------------------------------------------
 
@@ -171,22 +184,24 @@ class RunFolder:
         return {}
 
     def write_status(self, status: str, state: TrainingState, facts: dict, *,
-                     step_s: float | None = None, probe_s: float | None = None, **extra) -> None:
+                     probe: bool = False, **extra) -> None:
         """Write ``run.json``: ``status`` at ``state``, with ``facts`` (versions, machine,
-        engine), ``extra`` fields, the measured seconds per training step ``step_s`` (None: the
-        last measure written, as a re-test trains nothing) and seconds spent scoring workers
-        ``probe_s`` (None: no probe)."""
+        engine), ``extra`` fields and the state's timings (kept in its checkpoint, so that a
+        session that trains nothing leaves them as they were): the last measured seconds per
+        training step ``step_s`` and, for a merge that scores workers (``probe``), the seconds
+        spent scoring them, ``probe_s``."""
         info = {"status": status, "step": state.step, "steps": self.cfg.steps,
                 "wall_s": round(state.elapsed, 3), "updated": round(time.time()), **facts,
                 **extra}
         if state.step:
             info["seconds_per_step"] = state.elapsed / state.step  # compilation included
-        if step_s is None:
+        step_s = state.step_s
+        if step_s is None:  # a checkpoint of an earlier version: the last measure written
             step_s = self.last_status().get("step_s")
         if step_s is not None:
             info["step_s"] = step_s  # as progress shows it
-        if probe_s is not None:
-            info["probe_s"] = round(probe_s, 3)  # scoring workers, this session
+        if probe:
+            info["probe_s"] = round(state.probe_s, 3)  # scoring workers, every session
         atomic.write_text(self.out / "run.json", json.dumps(info, indent=2) + "\n")
 
 

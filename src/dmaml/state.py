@@ -2,9 +2,11 @@
 
 On disk (``checkpoints/latest.npz``, :mod:`dmaml.run_folder`) it is a flat set of named arrays:
 ``theta/<name>``, ``opt<w>/m/<name>``, ``opt<w>/v/<name>`` and ``opt<w>/t`` for each worker's
-Adam state, ``step``, ``elapsed`` and ``dropped``, and ``acc``: the sums since the last
-validation of the training loss and metric and the count of runs they cover, in that order.
-These names are the checkpoint format: files written by earlier versions resume.
+Adam state, ``step``, ``elapsed`` and ``dropped``, ``acc``: the sums since the last validation
+of the training loss and metric and the count of runs they cover, in that order, and the
+timings ``run.json`` shows, ``step_s`` (NaN: not measured) and ``probe_s``, so that a session
+that trains nothing (a re-test) keeps them. These names are the checkpoint format: files written
+by earlier versions (without the timings) resume.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class TrainingState:
     metric_sum: float = 0.0  # likewise their mean training metric
     runs: int = 0  # the runs these sums cover
     dropped: int = 0  # non-finite workers left out of a merge so far
+    step_s: float | None = None  # seconds a training step, as last measured (None: not yet)
+    probe_s: float = 0.0  # seconds spent scoring workers for the merge so far, every session
 
     @classmethod
     def fresh(cls, theta: dict[str, np.ndarray], workers: int) -> TrainingState:
@@ -61,7 +65,9 @@ class TrainingState:
             arrays[f"opt{w}/t"] = np.asarray(st.t)
         arrays.update(step=np.asarray(self.step), elapsed=np.asarray(self.elapsed),
                       acc=np.array([self.loss_sum, self.metric_sum, self.runs], dtype=np.float64),
-                      dropped=np.asarray(self.dropped))
+                      dropped=np.asarray(self.dropped),
+                      step_s=np.asarray(np.nan if self.step_s is None else self.step_s),
+                      probe_s=np.asarray(self.probe_s))
         return arrays
 
     @classmethod
@@ -73,5 +79,7 @@ class TrainingState:
                                          checkpoint.unpack(f"opt{w}/v", a), a[f"opt{w}/t"][()])
                   for w in range(workers)}
         loss_sum, metric_sum, runs = (float(x) for x in a["acc"])
+        step_s = float(a.get("step_s", np.nan))
         return cls(checkpoint.unpack("theta", a), states, int(a["step"]), float(a["elapsed"]),
-                   loss_sum, metric_sum, int(runs), int(a["dropped"]))
+                   loss_sum, metric_sum, int(runs), int(a["dropped"]),
+                   None if np.isnan(step_s) else step_s, float(a.get("probe_s", 0.0)))

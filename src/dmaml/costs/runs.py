@@ -36,6 +36,13 @@ def load_config(folder: Path, configfiles: list[Path]) -> dict:
     for path in [folder / "config.yaml", *configfiles]:
         try:
             values = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            if path in configfiles:  # a target after --configfile is taken for a file, too
+                raise ConfigError(f"configfile {path}: no such file; give --configfile existing "
+                                  "files (it takes every word after it: put targets before "
+                                  "it)") from None
+            raise ConfigError(f"configfile {path}: no such file; run in the workflow's folder "
+                              "or give it with --directory") from None
         except OSError as e:
             raise ConfigError(f"configfile {path}: cannot be read ({e.strerror}); run in the "
                               "workflow's folder or give it with --directory") from None

@@ -28,6 +28,8 @@ from dmaml.errors import DatasetError
 
 LAYOUT_VERSION = 1
 SPLITS = ("train", "val", "test")
+# the files the workflow's data stage builds (workflow/rules/data.smk), from its folder
+WORKFLOW_FILES = ("resources/omniglot.h5", "resources/miniimagenet.h5")
 
 
 @contextlib.contextmanager
@@ -107,12 +109,24 @@ class Split:
         return np.diff(self.offsets)
 
 
+def _how_to_make(path: Path) -> str:
+    """What to do about the missing dataset file ``path``: the workflow's data stage builds
+    its own files (:data:`WORKFLOW_FILES`, from the current folder), the data commands any."""
+    here = path.absolute()
+    for own in WORKFLOW_FILES:
+        if here == Path(own).absolute():
+            return (f"build it with the data stage (`snakemake --cores 2 {own}` in the workflow's "
+                    "folder) or set --data (`data:`) to an existing file")
+    return (f"set --data (`data:`) to an existing file, or make this one with `dmaml "
+            f"prepare-omniglot --out {path}` (`dmaml prepare-miniimagenet --source DIR --out "
+            f"{path}` for miniImageNet)")
+
+
 def read_split(path: str | os.PathLike, split: str) -> Split:
     """Load ``split`` of the dataset file ``path``, checking the layout with clear errors."""
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such dataset file; build it with the data stage "
-                           f"(e.g. `snakemake --cores 2 {path}`) or set `data:` to an existing file")
+        raise DatasetError(f"{path}: no such dataset file; {_how_to_make(path)}")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
