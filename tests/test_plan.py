@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 
 import pytest
 
 from dmaml import cli
-from dmaml.costs import flops, from_bench, measured, plan, runs
+from dmaml.costs import bench_measure, flops, from_bench, measured, plan, runs
 
 from .conftest import ROOT
 from .test_workflow import copy_workflow, planned, snakemake
@@ -103,7 +104,8 @@ def test_a_second_plan_reads_the_cache(tmp_path, capsys):
     config = runs.load_config(ROOT, QUICK)
     costs = fixed_costs(config, ["table2"], 2, step_s=0.1, compile_s=1.0, task_s=0.01,
                         eval_compile_s=1.0)
-    cache.write_text("".join(json.dumps(dict(c, machine=measured.machine())) + "\n"
+    cache.write_text("".join(json.dumps(dict(c, machine=measured.machine(),
+                                             timing=measured.TIMING)) + "\n"
                              for c in costs.values()))
     before = cache.read_text()
     assert cli.main(["plan", "table2", "--directory", str(ROOT), "--cores", "2", "--cache",
@@ -201,10 +203,46 @@ def test_a_first_plan_measures_one_workload_and_scales_the_shipped_benchmark(tmp
     cache = tmp_path / "costs.jsonl"
     with caplog.at_level(logging.INFO, logger="dmaml"):
         costs = measured.measured_costs(keys, cache, ROOT)
+    assert f"{len(keys)} workload(s) to cost: 1 measured here, {len(keys) - 1} from" in caplog.text
     assert "measuring workload 1 of 1 on this machine (omniglot 5-way 1-shot, t=8" in caplog.text
+    assert "corrected for the cores other processes took" in caplog.text
     records = [json.loads(line) for line in cache.read_text().splitlines()]
     sources = [r.get("source") for r in records if r["workload"] != "startup"]
     assert sources.count("measured here") == 1 and len(sources) == len(keys) > 1
     assert all(s.startswith("benchmarks/bench-") for s in sources if s != "measured here")
     assert all(costs[json.dumps(k, sort_keys=True)]["step_s"] > 0 for k in keys)
     assert measured.measured_costs(keys, cache, ROOT) == costs  # a second plan: nothing measured
+
+
+@pytest.mark.parametrize("wall, cpu, waited, parallelism, idle", [
+    (1.0, 1.0, 0.0, 1, 1.0),  # one thread, alone: its wall time
+    (2.0, 1.0, 1.0, 1, 1.0),  # one thread that waited half the time for a core
+    (2.0, 2.0, 2.0, 1, 1.0),  # two threads, each runnable throughout, each ran half of it
+    (2.0, 1.5, 0.5, 1, 1.5),  # one thread and a second for half: 1.5 s on an idle machine
+    (3.0, 1.0, 1.0, 1, 2.0),  # one thread that also blocked (read a file) for 1 s: kept
+    (1.0, 0.25, None, 1, 0.25),  # waits unknown: the CPU time of one thread
+    (1.0, 1.0, None, 2, 0.5),  # ... of two threads that would both run
+    (1.0, 3.0, None, 2, 1.0),  # never more than the wall time
+])
+def test_idle_seconds_correct_the_wall_time_for_the_cores_other_processes_took(
+        wall, cpu, waited, parallelism, idle):
+    """Proportional slowdown: a section whose runnable threads got a fraction f of the cores they
+    wanted took wall = idle / f; wall * cpu / (cpu + waited) undoes it whatever its threads."""
+    assert bench_measure.idle_seconds(wall, cpu, waited, parallelism) == pytest.approx(idle)
+
+
+def test_a_clock_times_a_section_and_its_cpu():
+    with bench_measure.Clock() as clock:
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+    assert clock.wall_s >= clock.idle_s >= 0.18 and clock.cpu_s >= 0.19
+    assert clock.waited_s is None or clock.waited_s >= 0
+
+
+def test_the_plan_says_the_load_its_costs_were_measured_at():
+    costs = [dict(source="measured here", load=3.71), dict(source="bench x 1.10")]
+    assert plan.sources(costs, "here") == (
+        "costs of 1 workload from bench x 1.10 (scaled by the speed measured here), 1 workload "
+        "measured on here at load 3.7 (one-minute average), corrected to an idle machine")
+

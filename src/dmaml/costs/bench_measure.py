@@ -16,12 +16,18 @@ and converted beforehand, :func:`step_alone`; not for the processes engine, whos
 other processes); steps per second, achieved GFLOP/s (:mod:`dmaml.costs.flops`) and peak resident
 memory; for the processes engine also the per-run overhead (wall time minus the slowest
 process's compute time: sending parameters, waking the processes, gathering and merging) and the
-peak memory of its worker processes together.
+peak memory of its worker processes together. Beside the wall times, what the steps would take
+on an idle machine (``idle_median_s``, ``idle_first_run_s``: :func:`idle_seconds`, from the CPU
+time of the process and its workers and the time their threads waited for a core), the median
+share of the idle time in the wall time (``share``: 1 on an idle machine) and the load
+(:func:`os.getloadavg`, the highest of its one-minute average before and after), so that a
+measurement on a machine shared with other work can be told and corrected.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -104,6 +110,84 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def _waited_s(pids: tuple[int | str, ...]) -> float | None:
+    """Seconds the threads of ``pids`` have spent runnable but waiting for a core (the second
+    field of Linux's ``/proc/PID/task/TID/schedstat``), summed; None where the kernel does not
+    say."""
+    total = 0
+    try:
+        for pid in pids:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                try:
+                    total += int((task / "schedstat").read_text().split()[1])
+                except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                    continue
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / 1e9
+
+
+def _cpu_s(pids: tuple[int | str, ...]) -> float:
+    """CPU seconds of this process (all its threads, :func:`time.process_time`) and of the other
+    ``pids`` (utime + stime from ``/proc/PID/stat``)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        if pid != "self":
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # a process that ended
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def idle_seconds(wall_s: float, cpu_s: float, waited_s: float | None,
+                 parallelism: float = 1.0) -> float:
+    """What a section that took ``wall_s`` seconds, ``cpu_s`` CPU seconds (all threads) and
+    ``waited_s`` seconds of its threads runnable but waiting for a core would take on an idle
+    machine: the wall time scaled by the share of the cores it wanted that it got,
+    ``wall_s * min(1, (cpu_s / wall_s) / parallelism)``, where the parallelism it would get idle
+    is measured, the mean number of its threads that were runnable (running or waiting),
+    ``(cpu_s + waited_s) / wall_s``. At least one thread's worth: a section that also blocked
+    (reading a file, waiting for another process) keeps its blocked time, ``wall_s - waited_s``.
+    Where the waits are unknown (``waited_s`` None), ``parallelism`` is assumed (1 for one
+    thread, for which the idle time is the CPU time)."""
+    if wall_s <= 0:
+        return wall_s
+    if waited_s is None:
+        return wall_s * min(1.0, cpu_s / wall_s / parallelism)
+    runnable = max(1.0, (cpu_s + waited_s) / wall_s)
+    return max(wall_s - waited_s / runnable, 0.0)
+
+
+class Clock:
+    """Wall, CPU and waiting-for-a-core seconds of a section of this process (and of ``pids``,
+    the worker processes it waits for), and their idle-machine estimate (:func:`idle_seconds`):
+    ``with Clock() as c: ...`` then ``c.wall_s``, ``c.idle_s``."""
+
+    def __init__(self, pids: tuple[int, ...] = (), parallelism: float = 1.0):
+        self.pids: tuple[int | str, ...] = ("self", *pids)
+        self.parallelism = parallelism
+
+    def __enter__(self) -> Clock:
+        self._wait, self._cpu = _waited_s(self.pids), _cpu_s(self.pids)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall_s = time.perf_counter() - self._start
+        self.cpu_s = _cpu_s(self.pids) - self._cpu
+        wait = _waited_s(self.pids)
+        self.waited_s = None if wait is None or self._wait is None else max(wait - self._wait, 0.0)
+        self.idle_s = idle_seconds(self.wall_s, self.cpu_s, self.waited_s, self.parallelism)
+
+
+def load() -> float:
+    """This machine's load: runnable processes, averaged over the last minute."""
+    return os.getloadavg()[0]
+
+
 def step_alone(engine, theta: dict, states: dict, step: int):
     """A callable making the engine's compiled MAML step of every worker once, on inputs made
     beforehand (tasks drawn, everything converted to tensors), and waiting for its losses: the
@@ -163,18 +247,22 @@ def measure(spec: dict) -> dict:
     states = {w: optimizer.init(theta) for w in range(cfg.workers)}
     weights = merge.weights("mean", [0.0] * cfg.workers)
     seconds, overheads, step = [], [], 0
+    idle, shares, loads = [], [], [load()]
     record = dict(spec, data=None)
     try:
         for i in range(spec["warmup"] + spec["steps"]):
-            start = time.perf_counter()
-            results = engine.run(theta, states, step)
-            merged = time.perf_counter()
-            theta = merge.merge([r.params for r in results.values()], weights)
-            end = time.perf_counter()
+            pids = tuple(p.pid for p in getattr(engine, "procs", ()) if p is not None)
+            with Clock(pids) as clock:
+                start = time.perf_counter()
+                results = engine.run(theta, states, step)
+                merged = time.perf_counter()
+                theta = merge.merge([r.params for r in results.values()], weights)
+                end = time.perf_counter()
             states = {w: r.opt_state for w, r in results.items()}
             step += 1
             if i == 0:
                 record["first_run_s"] = end - start
+                record["idle_first_run_s"] = clock.idle_s
                 if spec["budget"] and spec["warmup"] + spec["steps"] > 1:
                     probe = time.perf_counter()
                     engine.run(theta, states, step)
@@ -186,6 +274,8 @@ def measure(spec: dict) -> dict:
                         return record
             if i >= spec["warmup"]:
                 seconds.append(end - start)
+                idle.append(clock.idle_s)
+                shares.append(clock.idle_s / clock.wall_s)
                 if spec["engine"] == "processes":
                     overheads.append(merged - start - max(engine.last_compute) + end - merged)
         if spec["engine"] == "processes":
@@ -200,6 +290,10 @@ def measure(spec: dict) -> dict:
     finally:
         engine.close()
     median = statistics.median(seconds)
+    loads.append(load())
+    record.update(idle_median_s=statistics.median(idle), idle_min_s=min(idle),
+                  idle_s=idle, wall_s=seconds, share=statistics.median(shares),
+                  load=max(loads), waits_known=_waited_s(("self",)) is not None)
     flops = flops_per_step(cfg) * cfg.workers
     record.update(median_s=median, min_s=min(seconds), max_s=max(seconds), steps_per_s=1 / median,
                   per_worker_s=median / cfg.workers, gflops=flops / median / 1e9,

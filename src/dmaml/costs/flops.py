@@ -26,13 +26,15 @@ def layer_flops(model, example_shape: tuple[int, ...]) -> list[int]:
     order: TensorFlow's own count (2 x multiply-adds) of the traced graph's products."""
     import tensorflow as tf
     from tensorflow.python.framework import ops
+    from tensorflow.python.util import deprecation
 
     params = {k: tf.TensorSpec(v.shape, tf.float32)
               for k, v in model.init(np.random.default_rng(0)).items()}
     graph = tf.function(model.apply).get_concrete_function(
         params, tf.TensorSpec((1, *example_shape), tf.float32)).graph
-    return [ops.get_stats_for_node_def(graph, op.node_def, "flops").value
-            for op in graph.get_operations() if op.type in ("Conv2D", "MatMul")]
+    with deprecation.silence():  # the counter's TF1 helpers would print a warning to the user
+        return [ops.get_stats_for_node_def(graph, op.node_def, "flops").value
+                for op in graph.get_operations() if op.type in ("Conv2D", "MatMul")]
 
 
 def _flops(cfg) -> tuple[float, float]:

@@ -111,7 +111,10 @@ def sources(costs: list[dict], here: str) -> str:
     for cost in costs:
         source = cost.get("source", "measured here")
         counts[source] = counts.get(source, 0) + 1
-    words = {"measured here": f"measured on {here}"}
+    loads = [c["load"] for c in costs if "load" in c and c.get("source") == "measured here"]
+    load = (f" at load {max(loads):.1f} (one-minute average), corrected to an idle machine"
+            if loads else "")
+    words = {"measured here": f"measured on {here}{load}"}
     return "costs of " + ", ".join(
         f"{n} workload{'s' if n > 1 else ''} "
         + words.get(source, f"from {source} (scaled by the speed measured here)")
