@@ -92,3 +92,21 @@ def test_conda_environment_names_the_dependencies_of_pyproject():
     minimum = project()["requires-python"].removeprefix(">=")
     version = python.removeprefix("python=")
     assert tuple(map(int, version.split("."))) >= tuple(map(int, minimum.split(".")))
+
+
+def test_no_module_imports_a_command_module():
+    """The command modules (`dmaml status`, the command line) sit on top: the floors below them
+    (run_lock, learner, progress, ...) never import them."""
+    import ast
+
+    commands = {"dmaml.cli", "dmaml.status"}
+    src = ROOT / "src" / "dmaml"
+    for path in src.rglob("*.py"):
+        name = "dmaml." + ".".join(path.relative_to(src).with_suffix("").parts)
+        if name in commands:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            found = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            assert not commands & set(found), f"{name} imports {commands & set(found)}"

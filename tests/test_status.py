@@ -7,7 +7,8 @@ import time
 
 from dmaml.cli import main
 from dmaml.learner import Learner
-from dmaml.status import STALE_AFTER, collect
+from dmaml.run_folder import STALE_AFTER
+from dmaml.status import collect
 
 from .test_learner import sine
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dmaml import merge, models, optimizer, provenance, run_lock
+from dmaml.clock import duration
 from dmaml.config import ENGINE_CHOICES, RunConfig, dump, workers_at
 from dmaml.engines import Engine, WorkerResult, choose, create
 from dmaml.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
@@ -32,7 +33,6 @@ from dmaml.progress import Progress
 from dmaml.retest import Retest
 from dmaml.run_folder import RunFolder
 from dmaml.state import TrainingState
-from dmaml.status import duration
 from dmaml.tasks import INIT, PROBE, make_sampler, task_rng
 
 log = logging.getLogger(__name__)

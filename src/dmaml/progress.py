@@ -12,9 +12,9 @@ import logging
 import time
 from pathlib import Path
 
+from dmaml.clock import duration
 from dmaml.config import RunConfig
 from dmaml.evaluate import Evaluator, Score
-from dmaml.status import duration
 
 log = logging.getLogger(__name__)
 

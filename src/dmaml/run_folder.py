@@ -38,6 +38,11 @@ from dmaml.state import TrainingState
 
 log = logging.getLogger(__name__)
 
+# A run.json that says "running" but was not updated for this many seconds (progress is written
+# at least every 30 s) belongs to a process that was probably killed: `dmaml status` shows it as
+# stalled, and its lock may be taken over (dmaml.run_lock).
+STALE_AFTER = 600.0
+
 # Settings that may differ between a checkpoint and the run resuming it: they change how or how
 # long the run is carried out, not the numbers it produces up to the checkpoint.
 RESUMABLE_CHANGES = {"steps", "engine", "threads", "checkpoint_steps", "checkpoint_every",

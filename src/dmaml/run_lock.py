@@ -16,7 +16,7 @@ Linux's client turns ``flock`` into a POSIX lock that the server sees) keep writ
 hosts apart. On Lustre mounted without ``-o flock``, BeeGFS without global locks, or NFS mounted
 ``nolock``, the lock reaches only the host that took it: as a second line of defence a writer also
 refuses a folder whose ``run.lock`` names a live-looking holder on another host (its ``run.json``
-updated within :data:`dmaml.status.STALE_AFTER` seconds).
+updated within :data:`dmaml.run_folder.STALE_AFTER` seconds).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dmaml.errors import CheckpointError, UserError
-from dmaml.status import STALE_AFTER
+from dmaml.run_folder import STALE_AFTER
 
 log = logging.getLogger(__name__)
 

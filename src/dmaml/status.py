@@ -17,7 +17,9 @@ import json
 import time
 from pathlib import Path
 
-STALE_AFTER = 600.0
+from dmaml.clock import duration
+from dmaml.run_folder import STALE_AFTER
+
 COLUMNS = ("run", "status", "step", "val", "s/step", "left", "updated", "holder")
 
 
@@ -28,16 +30,6 @@ def _last_row(path: Path) -> dict:
     except OSError:
         return {}
     return rows[-1] if rows else {}
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as people read it: 42s, 5m12s, 3h05m."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def run_status(folder: Path, now: float | None = None) -> dict[str, str]:

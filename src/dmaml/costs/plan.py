@@ -23,11 +23,11 @@ import heapq
 import json
 from pathlib import Path
 
+from dmaml.clock import duration
 from dmaml.costs.from_bench import bench_costs
 from dmaml.costs.measured import machine, measured_costs
 from dmaml.costs.runs import Run, experiments_of, load_config, runs_of, workload
 from dmaml.errors import ConfigError
-from dmaml.status import duration
 
 
 def run_seconds(run: Run, cost: dict, startup: float) -> float:
